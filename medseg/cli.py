@@ -1,0 +1,290 @@
+"""The ``medseg`` command. Heavy libraries (torch, MONAI, MLflow) load inside commands.
+
+Every command reports a problem as one line on stderr and exits 2 for unusable
+arguments, config or model, 1 when some cases failed (the rest done); ``--debug`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medseg import __version__
+from medseg.errors import MedsegError
+
+app = typer.Typer(
+    name="medseg",
+    help="Medical image segmentation: synth, check, train, predict, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+LAYOUT_NAMES = ("brats", "lits", "msd", "em", "isic", "folder")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Medical image segmentation with UNet++, H-DenseUNet, Swin UNETR and Att-SwinU-Net."""
+    _state["debug"] = debug
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        handlers=[handler],
+        force=True,
+    )
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+@app.command()
+def synth(
+    layout: Annotated[str, typer.Argument(help="Layout to write: brats.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the cases into.")],
+    cases: Annotated[int, typer.Option(min=1, help="Number of cases.")] = 4,
+    shape: Annotated[
+        str | None, typer.Option(help="Volume size X Y Z (default: the real dataset's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; case i is the same for any N.")] = 0,
+) -> None:
+    """Write realistic phantom cases in a public dataset's exact on-disk layout."""
+    from medseg.datasets.synthetic import synthesize
+
+    size = _parse_shape(shape) if shape else None
+    written = synthesize(layout, out_dir, cases=cases, shape=size, seed=seed)
+    logging.getLogger("medseg").info("wrote %d %s cases to %s", len(written), layout, out_dir)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    parts = [p for p in re.split(r"[x, ]+", text.strip()) if p]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise typer.BadParameter(f"{text!r}: expected sizes like 240 240 155", param_hint="--shape")
+    return tuple(int(p) for p in parts)
+
+
+@app.command()
+def check(
+    layout: Annotated[str, typer.Argument(help=f"One of {', '.join(LAYOUT_NAMES)}.")],
+    directory: Annotated[Path, typer.Argument(help="Dataset root.")],
+) -> None:
+    """Report every unusable case of a dataset at once (exit 0 clean, 1 problems found)."""
+    from medseg.datasets import discover
+
+    index = discover(layout, directory)
+    console = _console()
+    for problem in index.problems:
+        console.print(f"[red]problem[/red] {problem}", highlight=False)
+    console.print(
+        f"{directory}: {len(index.cases)} usable cases, {len(index.problems)} with problems",
+        highlight=False,
+    )
+    if index.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML config (optional with --resume).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key: --set train.epochs=3 (repeatable)."),
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this run directory.")
+    ] = None,
+) -> None:
+    """Train a network; logs to MLflow and writes a model directory."""
+    from medseg.config import load_config
+
+    overrides = list(set_ or [])
+    if resume is not None:
+        source = config or resume / "config.yaml"
+        settings = load_config(source, [*overrides, f"output={resume}"])
+    elif config is None:
+        raise typer.BadParameter("give a CONFIG file, or --resume RUN_DIR", param_hint="CONFIG")
+    else:
+        settings = load_config(config, overrides)
+    from medseg.pipelines.train import train as run_training
+
+    result = run_training(settings, resume=resume is not None)
+    console = _console()
+    console.print(
+        f"best validation Dice {result.best_metric:.4f} (epoch {result.best_epoch + 1})",
+        highlight=False,
+    )
+    console.print(f"model directory: {result.model_dir}", highlight=False)
+    if result.run_id:
+        console.print(f"MLflow run {result.run_id} at {result.tracking_uri}", highlight=False)
+        console.print(
+            f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False
+        )
+
+
+@app.command()
+def predict(
+    model: Annotated[
+        str, typer.Argument(help="Model directory, checkpoint, runs:/ or models:/ URI.")
+    ],
+    inputs: Annotated[list[str], typer.Argument(help="Files, folders or globs to segment.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the label maps.")],
+    overlap: Annotated[
+        float | None, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")
+    ] = None,
+    prune_level: Annotated[
+        int | None, typer.Option(min=1, max=4, help="UNet++: use head L only.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists.")] = False,
+) -> None:
+    """Segment volumes onto their own grid; exit 1 when some cases failed."""
+    from medseg.pipelines.predict import predict as run_prediction
+
+    report = run_prediction(
+        model,
+        inputs,
+        output,
+        overlap=overlap,
+        prune_level=prune_level,
+        device=device,
+        overwrite=overwrite,
+    )
+    done = sum(c.status == "done" for c in report.cases)
+    skipped = sum(c.status == "skipped" for c in report.cases)
+    console = _console()
+    console.print(
+        f"{done} segmented, {skipped} already done, {report.failed} failed -> {output}",
+        highlight=False,
+    )
+    for case in report.cases:
+        if case.status == "failed":
+            console.print(f"[red]failed[/red] {case.error}", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    pred_dir: Annotated[Path, typer.Argument(help="Folder of predicted <case_id>.nii.gz.")],
+    ref_dir: Annotated[Path, typer.Argument(help="Dataset root or folder of reference labels.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Report folder (default PRED_DIR/evaluation)."),
+    ] = None,
+    layout: Annotated[
+        str | None, typer.Option(help="Layout of REF_DIR (default: detected).")
+    ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(help="For plain label folders: name=value,... e.g. liver=1,tumour=2."),
+    ] = None,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="Surface Dice tolerance (mm).")] = 1.0,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = 2,
+    track: Annotated[bool, typer.Option(help="Log the report to MLflow.")] = False,
+) -> None:
+    """Score predictions against references: Dice, IoU, HD95, ASSD, surface Dice."""
+    from medseg.pipelines.evaluate import evaluate as run_evaluation
+    from medseg.pipelines.evaluate import track_evaluation
+    from medseg.pipelines.references import find_references
+
+    references = find_references(ref_dir, layout=layout, labels=labels)
+    result = run_evaluation(
+        pred_dir,
+        references.labels,
+        references.scheme,
+        output or pred_dir / "evaluation",
+        images=references.images,
+        tolerance_mm=tolerance,
+        workers=workers,
+    )
+    _print_evaluation(result)
+    if track:
+        track_evaluation(result)
+    if result.problems:
+        raise typer.Exit(1)
+
+
+def _print_evaluation(result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="evaluation (mean over cases)")
+    for column in ("label", "cases", "Dice", "IoU", "HD95 mm", "ASSD mm", "surface Dice"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for name, stats in result.summary["labels"].items():
+        if not isinstance(stats, dict) or "dice" not in stats:
+            continue
+        cells = [stats[m]["mean"] for m in ("dice", "iou", "hd95", "assd", "nsd")]
+        table.add_row(name, str(stats["dice"]["count"]), *(_number(c) for c in cells))
+    console = _console()
+    console.print(table)
+    console.print(f"report: {result.paths['metrics_csv'].parent}", highlight=False)
+    for problem in result.problems:
+        console.print(f"[red]problem[/red] {problem}", highlight=False)
+
+
+def _number(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _join_shape_arguments(argv: list[str]) -> list[str]:
+    """Let ``--shape 240 240 155`` (DESIGN.md's form) reach typer as one value."""
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        joined.append(token)
+        index += 1
+        if token == "--shape":
+            sizes = []
+            while index < len(argv) and argv[index].isdigit():
+                sizes.append(argv[index])
+                index += 1
+            joined.append(" ".join(sizes))
+    return joined
+
+
+def main() -> None:
+    """Entry point of the ``medseg`` console script."""
+    try:
+        app(args=_join_shape_arguments(sys.argv[1:]), prog_name="medseg", standalone_mode=True)
+    except MedsegError as error:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except Exception as error:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {type(error).__name__}: {error} (--debug shows where)", err=True)
+        sys.exit(1)

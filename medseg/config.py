@@ -1,0 +1,231 @@
+"""The run config: one YAML file, validated by a pydantic schema, overridable key by key.
+
+Relative paths in a config are taken from the working directory, as on the command line.
+``load_config`` is the one entry point; every problem it finds becomes a ``ConfigError``
+whose one-line message names the file, the dotted key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medseg.errors import ConfigError
+
+Layout = Literal["brats", "lits", "msd", "em", "isic", "folder"]
+Modality = Literal["mri", "ct", "em", "rgb"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the cases are and how they are split into training and validation."""
+
+    layout: Layout
+    root: Path
+    datalist: Path | None = None
+    fold: int = Field(0, ge=0)
+    folds: int = Field(5, ge=2)
+    split_seed: int = 0
+
+    @field_validator("fold")
+    @classmethod
+    def _fold_in_range(cls, fold: int, info: Any) -> int:
+        folds = info.data.get("folds", 5)
+        if fold >= folds:
+            raise ValueError(f"fold {fold} does not exist with folds={folds} (use 0..{folds - 1})")
+        return fold
+
+
+class NetworkConfig(_Section):
+    """A network from the registry (``medseg.networks.available()``) and its preset."""
+
+    name: str
+    preset: Literal["paper", "small", "tiny"] = "small"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class AugmentConfig(_Section):
+    """Probability of each training augmentation (0 turns it off)."""
+
+    flip: float = Field(0.5, ge=0, le=1)
+    rotate90: float = Field(0.0, ge=0, le=1)
+    affine: float = Field(0.0, ge=0, le=1)
+    rotate_degrees: float = Field(15.0, ge=0, le=180)
+    scale_range: float = Field(0.15, ge=0, lt=1)
+    intensity_shift: float = Field(0.5, ge=0, le=1)
+    intensity_scale: float = Field(0.5, ge=0, le=1)
+    gamma: float = Field(0.0, ge=0, le=1)
+    noise: float = Field(0.0, ge=0, le=1)
+    blur: float = Field(0.0, ge=0, le=1)
+
+
+class TransformsConfig(_Section):
+    """Preprocessing (shared by training and prediction) and training-time sampling."""
+
+    modality: Modality | None = None
+    spacing: list[float] | None = None
+    patch_size: list[int] = Field(default_factory=lambda: [96, 96, 96])
+    foreground_crop: bool = True
+    samples_per_case: int = Field(2, ge=1)
+    foreground_ratio: float = Field(0.67, ge=0, le=1)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch_dims(cls, patch_size: list[int]) -> list[int]:
+        if len(patch_size) not in (2, 3) or min(patch_size) < 1:
+            raise ValueError(f"must be 2 or 3 positive sizes, got {patch_size}")
+        return patch_size
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, spacing: list[float] | None) -> list[float] | None:
+        if spacing is not None and (len(spacing) not in (2, 3) or min(spacing) <= 0):
+            raise ValueError(f"must be 2 or 3 positive spacings in mm, got {spacing}")
+        return spacing
+
+
+class TrainConfig(_Section):
+    """The optimisation recipe."""
+
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    loss: Literal["dice_ce", "dice_focal", "ce", "dice"] = "dice_ce"
+    grad_clip: float | None = Field(12.0, gt=0)
+    seed: int = 0
+    val_every: int = Field(1, ge=1)
+    iterations_per_epoch: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool = True
+
+
+class InferConfig(_Section):
+    """Sliding-window inference, shared by validation and ``medseg predict``."""
+
+    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(2, ge=1)
+    mode: Literal["gaussian", "constant"] = "gaussian"
+    tta: bool = False
+
+
+class TrackingConfig(_Section):
+    """MLflow tracking; the URI comes from ``MLFLOW_TRACKING_URI`` or MLflow's default."""
+
+    enabled: bool = True
+    experiment: str = "medseg"
+    run_name: str | None = None
+
+
+class Config(_Section):
+    """A whole run: data, network, transforms, training, inference, output and tracking."""
+
+    data: DataConfig
+    network: NetworkConfig
+    transforms: TransformsConfig = Field(default_factory=TransformsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+    output: Path = Path("runs/medseg")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``key.sub=value`` override applied.
+
+    Values are parsed as YAML (``3`` is an int, ``[1, 2]`` a list, ``null`` None).
+    Raises ``ConfigError`` for an override without ``=`` or through a non-mapping key.
+    """
+    result = copy.deepcopy(raw)
+    for override in overrides:
+        key, separator, text = override.partition("=")
+        if not separator or not key.strip():
+            raise ConfigError(f"--set {override!r}: expected key=value, e.g. train.epochs=3")
+        parts = key.strip().split(".")
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {override!r}: {where} is not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {override!r}: value is not valid YAML ({error})") from None
+    return result
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key")
+        elif item["type"] == "missing":
+            problems.append(f"{key}: required key missing")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {message} (got {item.get('input')!r})")
+    return "; ".join(problems)
+
+
+def parse_config(raw: Any, source: str, overrides: list[str] | None = None) -> Config:
+    """Validate a config mapping (``source`` names it in errors) after applying overrides."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a config must be a YAML mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_describe(error)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate the YAML config at ``path``.
+
+    Raises ``ConfigError`` (exit status 2) when the file is missing, is not YAML, has an
+    unknown key or a bad value; the message names the file and every offending key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config ({error})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return parse_config(raw, str(path), overrides)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain YAML-ready data (paths as strings)."""
+    return config.model_dump(mode="json")
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into ``{"train.lr": 1e-4, ...}`` (for MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

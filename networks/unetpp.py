@@ -1,0 +1,172 @@
+"""UNet++ (Zhou et al., "UNet++: Redesigning Skip Connections to Exploit Multiscale
+Features in Image Segmentation", IEEE TMI 2019), 2D and 3D, with real pruning.
+
+Follows the paper's Section III: nodes X(i, j) (encoder depth i, position j along the
+nested skip pathway) where X(i, 0) is the encoder and X(i, j > 0) convolves the
+concatenation of X(i, 0..j-1) and the up-sampled X(i+1, j-1) (Eq. 1); a 1x1 head on each
+of X(0, 1..L) gives deep supervision (Section III-B); pruning at inference (Section III-C)
+keeps only the sub-network that feeds head L, the nodes with i + j <= L.
+
+MONAI's ``BasicUNetPlusPlus`` computes every node whatever head is used; here the forward
+pass at level L runs only the nodes that level needs, and ``prune_level`` at construction
+builds only those nodes, so a pruned model's weights hold nothing else. Convolution
+blocks, pooling and up-sampling are MONAI's (``TwoConv``, ``Pool``, ``UpSample``).
+
+Differences from the paper: normalisation is configurable (the Keras reference has none;
+the presets use batch norm in 2D and instance norm in 3D, as nnU-Net does for small
+batches), and the depth follows the length of ``features``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import UpSample
+from monai.networks.layers.factories import Conv, Pool
+from monai.networks.nets.basic_unet import TwoConv
+
+from medseg.networks._registry import preset_options, register_network
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's 2D configuration (Section IV-B): 32-64-128-256-512 filters.
+    "paper": {"features": (32, 64, 128, 256, 512), "norm": "batch"},
+    "small": {"features": (16, 32, 64, 128, 256), "norm": "instance"},
+    "tiny": {"features": (8, 16, 32, 64, 128), "norm": "instance"},
+}
+
+
+def _node_name(depth: int, position: int) -> str:
+    return f"x{depth}_{position}"
+
+
+class UNetPlusPlus(nn.Module):
+    """UNet++ with nested dense skips, deep supervision and pruning.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels C_in.
+        out_channels: output channels C_out of every head.
+        features: filters per encoder depth; ``len(features) - 1`` is the depth D (4 in
+            the paper), so pruning levels run 1..D.
+        norm: MONAI norm name or (name, args), e.g. ``"batch"``, ``"instance"``.
+        act: MONAI activation name or (name, args).
+        dropout: dropout rate inside the convolution blocks.
+        deep_supervision: in training mode return every head, final first.
+        prune_level: build only the nodes that head ``prune_level`` needs (None: all D).
+
+    ``forward(x, prune_level=None)`` maps ``(B, C_in, *spatial)`` (float32, each spatial
+    size divisible by 2**level) to logits ``(B, C_out, *spatial)``; in training mode with
+    deep supervision, to a list ``[head_L, head_{L-1}, ..., head_1]``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: Sequence[int] = (32, 64, 128, 256, 512),
+        norm: str | tuple = "batch",
+        act: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+        dropout: float = 0.0,
+        deep_supervision: bool = True,
+        prune_level: int | None = None,
+    ) -> None:
+        super().__init__()
+        depth = len(features) - 1
+        if depth < 1:
+            raise ValueError(f"features needs at least 2 entries, got {tuple(features)}")
+        if prune_level is not None and not 1 <= prune_level <= depth:
+            raise ValueError(f"prune_level must be in 1..{depth}, got {prune_level}")
+        self.spatial_dims = spatial_dims
+        self.depth = depth
+        self.levels = prune_level or depth
+        self.deep_supervision = deep_supervision
+        self.pool = Pool["max", spatial_dims](kernel_size=2)
+
+        def block(in_chns: int, out_chns: int) -> TwoConv:
+            return TwoConv(spatial_dims, in_chns, out_chns, act, norm, bias=True, dropout=dropout)
+
+        self.nodes = nn.ModuleDict()
+        self.ups = nn.ModuleDict()
+        for depth_index in range(self.levels + 1):
+            source = in_channels if depth_index == 0 else features[depth_index - 1]
+            self.nodes[_node_name(depth_index, 0)] = block(source, features[depth_index])
+        for position in range(1, self.levels + 1):
+            for depth_index in range(self.levels - position + 1):
+                name = _node_name(depth_index, position)
+                width = features[depth_index]
+                self.ups[name] = UpSample(
+                    spatial_dims, features[depth_index + 1], width, scale_factor=2, mode="deconv"
+                )
+                self.nodes[name] = block(width * (position + 1), width)
+        self.heads = nn.ModuleList(
+            Conv["conv", spatial_dims](features[0], out_channels, kernel_size=1)
+            for _ in range(self.levels)
+        )
+
+    def forward(
+        self, x: torch.Tensor, prune_level: int | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Run the nodes with i + j <= level and return head ``level`` (see class doc)."""
+        level = self.levels if prune_level is None else prune_level
+        if not 1 <= level <= self.levels:
+            raise ValueError(f"prune_level must be in 1..{self.levels}, got {prune_level}")
+        divisor = 2**level
+        spatial = tuple(x.shape[2:])
+        if any(size % divisor for size in spatial):
+            raise ValueError(
+                f"UNet++ at level {level} needs each spatial size divisible by {divisor}, "
+                f"got {spatial}; pad the input (e.g. monai.transforms.DivisiblePad(k={divisor}))"
+            )
+        outputs: dict[tuple[int, int], torch.Tensor] = {}
+        for depth_index in range(level + 1):
+            source = x if depth_index == 0 else self.pool(outputs[(depth_index - 1, 0)])
+            outputs[(depth_index, 0)] = self.nodes[_node_name(depth_index, 0)](source)
+        for position in range(1, level + 1):
+            for depth_index in range(level - position + 1):
+                name = _node_name(depth_index, position)
+                upsampled = self.ups[name](outputs[(depth_index + 1, position - 1)])
+                same_level = [outputs[(depth_index, k)] for k in range(position)]
+                outputs[(depth_index, position)] = self.nodes[name](
+                    torch.cat([*same_level, upsampled], dim=1)
+                )
+        if self.training and self.deep_supervision:
+            return [self.heads[j - 1](outputs[(0, j)]) for j in range(level, 0, -1)]
+        return self.heads[level - 1](outputs[(0, level)])
+
+    def level_parameter_names(self, level: int) -> list[str]:
+        """Names (``state_dict`` keys) of the parameters and buffers head ``level`` uses."""
+        if not 1 <= level <= self.levels:
+            raise ValueError(f"level must be in 1..{self.levels}, got {level}")
+        prefixes = [f"nodes.{_node_name(i, 0)}." for i in range(level + 1)]
+        for position in range(1, level + 1):
+            for depth_index in range(level - position + 1):
+                name = _node_name(depth_index, position)
+                prefixes += [f"nodes.{name}.", f"ups.{name}."]
+        prefixes += [f"heads.{j}." for j in range(level)]
+        return [key for key in self.state_dict() if key.startswith(tuple(prefixes))]
+
+    def level_parameter_count(self, level: int) -> int:
+        """Number of trainable parameters the sub-network of head ``level`` uses.
+
+        Counts the heads 1..level, since a pruned model keeps them for deep supervision.
+        """
+        names = set(self.level_parameter_names(level))
+        return sum(p.numel() for key, p in self.named_parameters() if key in names)
+
+
+@register_network("unetpp")
+def unetpp(
+    *,
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    preset: str = "paper",
+    **options: Any,
+) -> UNetPlusPlus:
+    """UNet++ (Zhou et al., TMI 2019) built from ``PRESETS[preset]``, options override."""
+    arguments = preset_options(PRESETS, "unetpp", preset) | options
+    return UNetPlusPlus(spatial_dims, in_channels, out_channels, **arguments)

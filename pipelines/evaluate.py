@@ -1,0 +1,419 @@
+"""Score a folder of predicted label files against reference label files (``medseg evaluate``).
+
+Predictions are ``<case_id>`` plus one of ``PREDICTION_SUFFIXES``; references come as a map
+case id -> file. Every case is read (NIfTI with nibabel, other formats with SimpleITK), checked
+against its reference (same shape, affines within ``AFFINE_TOLERANCE``) and scored with
+``case_metrics`` in a process pool. Missing, extra, unreadable and mismatched cases are listed
+as problems, in the result and in ``summary.json``, and left out of the metrics.
+
+Files written to the output folder, each atomically: ``metrics.csv`` (one row per case and
+label), ``summary.json`` (statistics per label, global Dice, the rules, the problems, the worst
+cases), ``boxplot_<metric>.png`` per metric, and ``overlay_<case>.png`` for the cases of lowest
+mean Dice. ``docs/evaluation.md`` describes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import multiprocessing
+import re
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.datasets.base import CaseProblem, LabelScheme
+from medseg.errors import CaseError, ConfigError
+from medseg.files import write_atomic, write_text_atomic
+from medseg.pipelines.metrics import (
+    DEFAULT_RULE,
+    ROW_FIELDS,
+    SUMMARY_METRICS,
+    EmptyRule,
+    case_metrics,
+    structure_mask,
+    summarize,
+)
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+AFFINE_TOLERANCE = 1e-4
+CSV_COLUMNS = ("case", "label", *ROW_FIELDS)
+SOURCES = ("reference", "prediction")
+METRIC_AXIS_LABELS = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "hd95": "HD95 (mm)",
+    "assd": "ASSD (mm)",
+    "nsd": "NSD",
+    "volume_diff_ml": "volume prediction - reference (ml)",
+}
+_CaseJob = tuple[str, Path, Path]
+_CaseResult = tuple[list[dict[str, Any]], CaseProblem | None]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """An array in file index order (x, y[, z]; trailing axes of size 1 dropped), its voxel
+    spacing in mm per axis and its 4x4 voxel-to-RAS affine (ITK's LPS converted)."""
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    affine: np.ndarray
+
+
+@dataclass
+class EvaluationResult:
+    """What ``evaluate`` found and wrote.
+
+    ``rows``: one dict per case and label (``CSV_COLUMNS``); ``summary``: the content of
+    ``summary.json``; ``problems``: every case left out, with its reason; ``paths``: name ->
+    written file (``metrics_csv``, ``summary_json``, ``boxplot_<metric>``, ``overlay_<case>``).
+    """
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    problems: list[CaseProblem]
+    paths: dict[str, Path]
+
+
+def read_volume(path: Path) -> Volume:
+    """Read an image or label file: NIfTI (``.nii``, ``.nii.gz``) with nibabel, any other
+    format SimpleITK reads (``.mha``, ``.nrrd``, ...) with SimpleITK, into a ``Volume`` whose
+    array keeps the stored dtype (scaled NIfTI data comes back as floats)."""
+    path = Path(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel
+
+        image = nibabel.load(path)
+        array = np.asanyarray(image.dataobj)
+        zooms = tuple(float(z) for z in image.header.get_zooms())
+        affine = np.asarray(image.affine, dtype=np.float64)
+    else:
+        import SimpleITK
+
+        image = SimpleITK.ReadImage(str(path))
+        dims = image.GetDimension()
+        # ITK arrays come z, y, x (then components); NIfTI's come x, y, z.
+        array = SimpleITK.GetArrayFromImage(image)
+        array = array.transpose(*reversed(range(dims)), *range(dims, array.ndim))
+        zooms = tuple(float(s) for s in image.GetSpacing())
+        affine = np.eye(4)
+        affine[:dims, :dims] = np.reshape(image.GetDirection(), (dims, dims)) * zooms
+        affine[:dims, 3] = image.GetOrigin()
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    while array.ndim > 2 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Volume(array, zooms[: min(array.ndim, 3)], affine)
+
+
+def evaluate(
+    pred_dir: Path,
+    references: Mapping[str, Path],
+    scheme: LabelScheme,
+    output_dir: Path,
+    *,
+    images: Mapping[str, Path] | None = None,
+    tolerance_mm: float = 1.0,
+    rule: EmptyRule = DEFAULT_RULE,
+    workers: int = 2,
+    worst_cases: int = 3,
+) -> EvaluationResult:
+    """Score every prediction in ``pred_dir`` against ``references`` and write the report.
+
+    ``references`` maps case id -> reference label file; ``images`` optionally maps case id ->
+    an image file shown under the overlays (first channel of a 4D file). Metrics follow
+    ``case_metrics`` with ``tolerance_mm`` (NSD) and ``rule`` (empty masks); ``workers``
+    processes score cases in parallel (1: in this process; the pool starts them with
+    forkserver, so a script calling this needs the ``if __name__ == "__main__":`` guard); the
+    ``worst_cases`` cases of lowest mean Dice get an overlay. Raises ``ConfigError`` for
+    unusable arguments; problems with single cases do not raise but are returned (and logged
+    as warnings).
+    """
+    pred_dir, output_dir = Path(pred_dir), Path(output_dir)
+    if not pred_dir.is_dir():
+        raise ConfigError(f"{pred_dir}: prediction folder not found")
+    if workers < 1 or worst_cases < 0 or not tolerance_mm >= 0:
+        raise ConfigError(
+            f"need workers >= 1, worst_cases >= 0, tolerance_mm >= 0; got {workers}, "
+            f"{worst_cases}, {tolerance_mm}"
+        )
+    predictions, problems = _pair_cases(pred_dir, references)
+    score = partial(_score_case, scheme=scheme, tolerance_mm=tolerance_mm, rule=rule)
+    jobs = [(c, predictions[c], Path(references[c])) for c in sorted(predictions)]
+    rows: list[dict[str, Any]] = []
+    for case_rows, problem in _map_cases(score, jobs, workers):
+        rows.extend(case_rows)
+        if problem is not None:
+            problems.append(problem)
+    for problem in problems:
+        logger.warning("left out of the evaluation: %s", problem)
+
+    worst = _worst_cases(rows, worst_cases)
+    summary = {
+        "cases": {
+            "references": len(references),
+            "predictions": len(predictions),
+            "evaluated": len({row["case"] for row in rows}),
+        },
+        "rules": {**rule.describe(), "tolerance_mm": tolerance_mm},
+        "labels": summarize(rows, list(scheme.foreground)),
+        "worst_cases": [{"case": case_id, "mean_dice": dice} for case_id, dice in worst],
+        "problems": [
+            {"case": p.case_id, "path": str(p.path), "reason": p.reason} for p in problems
+        ],
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "metrics_csv": write_text_atomic(output_dir / "metrics.csv", _csv_text(rows)),
+        "summary_json": write_text_atomic(
+            output_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n"
+        ),
+    }
+    for metric in SUMMARY_METRICS:
+        target = output_dir / f"boxplot_{metric}.png"
+        paths[f"boxplot_{metric}"] = _boxplot(rows, list(scheme.foreground), metric, target)
+    for case_id, dice in worst:
+        image = None if images is None else images.get(case_id)
+        target = output_dir / f"overlay_{case_id}.png"
+        paths[f"overlay_{case_id}"] = _overlay(
+            case_id, dice, predictions[case_id], Path(references[case_id]), image, scheme, target
+        )
+    return EvaluationResult(rows, summary, problems, paths)
+
+
+def track_evaluation(
+    result: EvaluationResult, run_name: str | None = None, experiment: str = "medseg-evaluate"
+) -> str | None:
+    """Log an evaluation to MLflow and return the run id (None when tracking failed).
+
+    Opens a run in ``experiment`` (nested inside an active one, such as training's) and logs
+    the rules as params, ``eval/<metric>/<label>`` means, ``eval/global_dice/<label>``,
+    ``eval/dice_mean`` (mean over labels) and ``eval/problems``, and every written file as
+    an artifact.
+    """
+    from medseg.pipelines.tracking import Tracker
+
+    metrics: dict[str, float] = {"eval/problems": float(len(result.problems))}
+    label_dice = []
+    for label, entry in result.summary["labels"].items():
+        key = re.sub(r"[^\w\-. /]", "_", label)
+        metrics[f"eval/global_dice/{key}"] = entry["global_dice"]
+        for metric in SUMMARY_METRICS:
+            if entry[metric]["mean"] is not None:
+                metrics[f"eval/{metric}/{key}"] = entry[metric]["mean"]
+        if entry["dice"]["mean"] is not None:
+            label_dice.append(entry["dice"]["mean"])
+    if label_dice:
+        metrics["eval/dice_mean"] = float(np.mean(label_dice))
+    params = {f"eval.{key}": value for key, value in result.summary["rules"].items()}
+    with Tracker(experiment=experiment, run_name=run_name) as tracker:
+        tracker.log_params(params)
+        tracker.log_metrics(metrics, step=0)
+        for path in result.paths.values():
+            tracker.log_artifact(path, "evaluation")
+    return tracker.run_id
+
+
+def _pair_cases(
+    pred_dir: Path, references: Mapping[str, Path]
+) -> tuple[dict[str, Path], list[CaseProblem]]:
+    """Predictions matched to references by case id, and the missing, extra and duplicate ones."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(pred_dir.iterdir()):
+        suffix = next((s for s in PREDICTION_SUFFIXES if path.name.endswith(s)), None)
+        # Dot files are atomic writers' temporaries (``medseg.files``), not predictions.
+        if suffix is not None and path.is_file() and not path.name.startswith("."):
+            found.setdefault(path.name[: -len(suffix)], []).append(path)
+    predictions: dict[str, Path] = {}
+    problems: list[CaseProblem] = []
+    for case_id, paths in found.items():
+        if case_id not in references:
+            problems += [CaseProblem(case_id, p, "extra prediction: no reference") for p in paths]
+        elif len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            problems.append(
+                CaseProblem(case_id, pred_dir, f"several predictions ({names}); keep one")
+            )
+        else:
+            predictions[case_id] = paths[0]
+    for case_id in sorted(set(references) - set(found)):
+        expected = pred_dir / f"{case_id}{PREDICTION_SUFFIXES[0]}"
+        problems.append(CaseProblem(case_id, expected, "missing prediction"))
+    return predictions, problems
+
+
+def _map_cases(
+    score: Callable[[_CaseJob], _CaseResult], jobs: Sequence[_CaseJob], workers: int
+) -> list[_CaseResult]:
+    if workers == 1 or len(jobs) <= 1:
+        return [score(job) for job in jobs]
+    # Not fork: evaluate also runs inside training, whose torch and MLflow threads a forked
+    # child would inherit in whatever state they were.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+        return list(pool.map(score, jobs))
+
+
+def _score_case(
+    job: _CaseJob, *, scheme: LabelScheme, tolerance_mm: float, rule: EmptyRule
+) -> _CaseResult:
+    """Rows of one case (id, prediction file, reference file), or no rows and the reason it
+    cannot be scored."""
+    case_id, prediction_path, reference_path = job
+    volumes = []
+    for path in (prediction_path, reference_path):
+        try:
+            volumes.append(_read_labels(path))
+        except Exception as error:  # a bad file fails its case, not the batch
+            return [], CaseProblem(case_id, path, f"unreadable: {error}")
+    prediction, reference = volumes
+    if prediction.array.shape != reference.array.shape:
+        reason = f"shape {prediction.array.shape} differs from the reference's"
+        return [], CaseProblem(case_id, prediction_path, f"{reason} {reference.array.shape}")
+    deviation = float(np.max(np.abs(prediction.affine - reference.affine)))
+    if deviation > AFFINE_TOLERANCE:
+        reason = (
+            f"affine differs from the reference's by up to {deviation:.4g} (tolerance "
+            f"{AFFINE_TOLERANCE}); resample the prediction onto the reference grid"
+        )
+        return [], CaseProblem(case_id, prediction_path, reason)
+    rows = case_metrics(
+        prediction.array,
+        reference.array,
+        reference.spacing,
+        scheme,
+        tolerance_mm=tolerance_mm,
+        rule=rule,
+    )
+    logger.debug("scored %s", case_id)
+    return [{"case": case_id, **row} for row in rows], None
+
+
+def _read_labels(path: Path) -> Volume:
+    """A label file as integers; raises ``CaseError`` when it holds fractional values."""
+    volume = read_volume(path)
+    array = volume.array
+    if not np.issubdtype(array.dtype, np.integer):
+        rounded = np.rint(array)
+        if not np.array_equal(rounded, array):
+            raise CaseError(f"{path}: label values are not whole numbers")
+        array = rounded.astype(np.int32)
+    return Volume(array, volume.spacing, volume.affine)
+
+
+def _worst_cases(rows: Sequence[Mapping[str, Any]], count: int) -> list[tuple[str, float]]:
+    """The ``count`` cases of lowest mean Dice over their labels, lowest first."""
+    per_case: dict[str, list[float]] = {}
+    for row in rows:
+        per_case.setdefault(row["case"], []).append(float(row["dice"]))
+    means = sorted((float(np.mean(dice)), case_id) for case_id, dice in per_case.items())
+    return [(case_id, dice) for dice, case_id in means[:count]]
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _boxplot(
+    rows: Sequence[Mapping[str, Any]], labels: list[str], metric: str, target: Path
+) -> Path:
+    """One box per label of ``metric`` over the cases (NaN rows left out and counted)."""
+    from matplotlib.figure import Figure
+
+    data, names = [], []
+    for label in labels:
+        values = [float(row[metric]) for row in rows if row["label"] == label]
+        finite = [value for value in values if not math.isnan(value)]
+        data.append(finite)
+        skipped = len(values) - len(finite)
+        names.append(f"{label}\n({skipped} NaN)" if skipped else label)
+    figure = Figure(figsize=(2 + 1.2 * len(labels), 4), layout="constrained")
+    axes = figure.add_subplot()
+    axes.boxplot(data)
+    axes.set_xticks(range(1, len(labels) + 1), names)
+    axes.set_ylabel(METRIC_AXIS_LABELS[metric])
+    axes.set_title(f"{METRIC_AXIS_LABELS[metric]} per case")
+    return write_atomic(target, lambda path: figure.savefig(path, format="png", dpi=100))
+
+
+def _overlay(
+    case_id: str,
+    mean_dice: float,
+    prediction_path: Path,
+    reference_path: Path,
+    image_path: Path | None,
+    scheme: LabelScheme,
+    target: Path,
+) -> Path:
+    """Image (grey), reference (solid) and prediction (dashed) contours of each structure on
+    the middle axial slice of the reference's largest structure."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    reference = _read_labels(reference_path)
+    prediction = _read_labels(prediction_path).array
+    masks = {
+        name: (structure_mask(reference.array, values), structure_mask(prediction, values))
+        for name, values in scheme.foreground.items()
+    }
+    largest = max(masks, key=lambda name: int(np.count_nonzero(masks[name][0])))
+    background = np.zeros(reference.array.shape, dtype=np.float32)
+    if image_path is not None:
+        try:
+            image = read_volume(Path(image_path)).array
+        except Exception as error:  # the image only decorates the overlay
+            logger.warning("%s: overlay drawn without its image (%s)", case_id, error)
+            image = background
+        if image.ndim == reference.array.ndim + 1:
+            image = image[..., 0]
+        if image.shape == reference.array.shape:
+            background = image.astype(np.float32)
+        else:
+            logger.warning("%s: image shape %s differs from the reference's", case_id, image.shape)
+    index: tuple[Any, ...] = ()
+    if reference.array.ndim == 3:
+        mask = masks[largest][0] if masks[largest][0].any() else masks[largest][1]
+        slices = np.flatnonzero(mask.any(axis=(0, 1)))
+        middle = (slices[0] + slices[-1]) // 2 if slices.size else reference.array.shape[2] // 2
+        index = (slice(None), slice(None), int(middle))
+    low, high = np.percentile(background[index], (1, 99))
+    figure = Figure(figsize=(6, 6), layout="constrained")
+    axes = figure.add_subplot()
+    axes.imshow(
+        background[index].T, cmap="gray", origin="lower", vmin=low, vmax=max(high, low + 1e-6)
+    )
+    axes.set_aspect(reference.spacing[1] / reference.spacing[0])
+    handles = []
+    for number, (name, structure_masks) in enumerate(masks.items()):
+        colour = f"C{number % 10}"
+        for mask, style, source in zip(structure_masks, ("solid", "dashed"), SOURCES, strict=True):
+            if mask[index].any():
+                axes.contour(
+                    mask[index].T.astype(np.uint8),
+                    levels=[0.5],
+                    colors=[colour],
+                    linestyles=style,
+                    linewidths=1.2,
+                    origin="lower",
+                )
+            handles.append(Line2D([], [], color=colour, linestyle=style, label=f"{name} {source}"))
+    axes.legend(handles=handles, loc="upper right", fontsize="small")
+    where = f", slice {index[2]}" if index else ""
+    axes.set_title(f"{case_id}: mean Dice {mean_dice:.3f}{where}")
+    axes.set_axis_off()
+    return write_atomic(target, lambda path: figure.savefig(path, format="png", dpi=100))

@@ -1,0 +1,183 @@
+"""The model directory: ``config.yaml`` + ``weights.safetensors``, and nothing unpickled.
+
+``config.yaml`` stores the network's registry name, preset, options and channel counts as
+data (nnU-Net's habit), the preprocessing, the label scheme and the inference settings,
+so a model rebuilds with no code path of its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medseg import __version__
+from medseg.datasets.base import LabelScheme
+from medseg.errors import ConfigError
+from medseg.transforms.presets import Preprocessing
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NetworkSpec(_Strict):
+    """Everything ``build_network`` needs: name, preset, options and channel counts."""
+
+    name: str
+    preset: str
+    spatial_dims: int
+    in_channels: int
+    out_channels: int
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class InferenceSpec(_Strict):
+    """Sliding-window settings: window size (voxels), overlap, window batch, blending."""
+
+    roi_size: list[int]
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    mode: str = "gaussian"
+
+
+class ModelConfig(_Strict):
+    """The contents of a model directory's ``config.yaml``."""
+
+    medseg_version: str = __version__
+    network: NetworkSpec
+    preprocessing: Preprocessing
+    labels: dict[str, Any]
+    inference: InferenceSpec
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """The label scheme the network's output channels follow."""
+        return LabelScheme.from_dict(self.labels)
+
+
+def build_from_config(config: ModelConfig) -> Any:
+    """Build (untrained) the network ``config.network`` describes."""
+    from medseg.networks import build_network
+
+    spec = config.network
+    return build_network(
+        spec.name,
+        spatial_dims=spec.spatial_dims,
+        in_channels=spec.in_channels,
+        out_channels=spec.out_channels,
+        preset=spec.preset,
+        **spec.options,
+    )
+
+
+def save_model_dir(directory: Path, config: ModelConfig, network: Any) -> Path:
+    """Write ``config`` and ``network``'s weights to ``directory``, replacing it whole.
+
+    The files are written into a sibling temporary folder first, so a crash never leaves a
+    half-written model directory in place. Returns ``directory``.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+        save_file(state, staging / WEIGHTS_FILE, metadata={"medseg_version": __version__})
+        text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+        (staging / CONFIG_FILE).write_text(text, encoding="utf-8")
+        if directory.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+            directory.rename(retired / directory.name)
+            staging.rename(directory)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return directory
+
+
+def read_model_config(directory: Path) -> ModelConfig:
+    """Read and validate ``directory/config.yaml``; ``ConfigError`` names what is wrong."""
+    path = Path(directory) / CONFIG_FILE
+    if not Path(directory).is_dir():
+        raise ConfigError(f"{directory}: model directory not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return ModelConfig.model_validate(raw)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: missing; a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+        ) from None
+    except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as error:
+        first = str(error).splitlines()[0]
+        raise ConfigError(f"{path}: not a medseg model config ({first})") from None
+
+
+def load_model_dir(directory: Path) -> tuple[ModelConfig, Any]:
+    """Read a model directory: its config and the network with its weights, in eval mode.
+
+    Raises ``ConfigError`` when a file is missing or the weights do not fit the network.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config = read_model_config(directory)
+    network = build_from_config(config)
+    weights = Path(directory) / WEIGHTS_FILE
+    try:
+        state = load_file(weights)
+    except FileNotFoundError:
+        raise ConfigError(f"{weights}: missing") from None
+    except (SafetensorError, OSError) as error:
+        raise ConfigError(f"{weights}: not a safetensors file ({error})") from None
+    result = network.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(
+            f"{weights}: weights do not fit {config.network.name}/{config.network.preset} "
+            f"({len(result.missing_keys)} missing, "
+            f"{len(result.unexpected_keys)} unexpected tensors)"
+        )
+    return config, network.eval()
+
+
+def _download(uri: str) -> Path:
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as error:  # MLflow raises many types for a bad URI or an offline server
+        raise ConfigError(f"{uri}: cannot fetch the model ({str(error).splitlines()[0]})") from None
+
+
+def open_model(spec: str | Path) -> tuple[ModelConfig, Any]:
+    """Load a model given as a model directory, a run directory, a training checkpoint
+    (``checkpoint_*.pt``, read with the run's ``model/config.yaml``) or an MLflow URI
+    (``runs:/ID/model``, ``models:/NAME/VERSION``). Returns ``(config, network)`` in eval
+    mode; raises ``ConfigError`` when it is none of these or is broken.
+    """
+    text = str(spec)
+    if text.startswith(("runs:/", "models:/")):
+        return load_model_dir(_download(text))
+    path = Path(text)
+    if path.is_dir() and not (path / CONFIG_FILE).exists() and (path / "model").is_dir():
+        path = path / "model"
+    if path.is_file() and path.suffix == ".pt":
+        from medseg.pipelines.checkpoints import load_checkpoint
+
+        config = read_model_config(path.parent / "model")
+        network = build_from_config(config)
+        network.load_state_dict(load_checkpoint(path)["network"])
+        return config, network.eval()
+    return load_model_dir(path)
