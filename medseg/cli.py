@@ -210,13 +210,20 @@ def evaluate(
         typer.Option(help="For plain label folders: name=value,... e.g. liver=1,tumour=2."),
     ] = None,
     tolerance: Annotated[float, typer.Option(min=0.0, help="Surface Dice tolerance (mm).")] = 1.0,
+    one_empty: Annotated[
+        str,
+        typer.Option(help="HD95/ASSD when one mask is empty: diagonal (BraTS) or nan (flagged)."),
+    ] = "diagonal",
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = 2,
     track: Annotated[bool, typer.Option(help="Log the report to MLflow.")] = False,
 ) -> None:
     """Score predictions against references: Dice, IoU, HD95, ASSD, surface Dice."""
     from medseg.pipelines.evaluate import evaluate as run_evaluation
     from medseg.pipelines.evaluate import track_evaluation
+    from medseg.pipelines.metrics import EmptyRule
     from medseg.pipelines.references import find_references
+
+    rule = EmptyRule(one_empty_distance=one_empty)
 
     references = find_references(ref_dir, layout=layout, labels=labels)
     result = run_evaluation(
@@ -226,6 +233,7 @@ def evaluate(
         output or pred_dir / "evaluation",
         images=references.images,
         tolerance_mm=tolerance,
+        rule=rule,
         workers=workers,
     )
     _print_evaluation(result)

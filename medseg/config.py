@@ -67,14 +67,24 @@ class AugmentConfig(_Section):
 
 
 class TransformsConfig(_Section):
-    """Preprocessing (shared by training and prediction) and training-time sampling."""
+    """Preprocessing (shared by training and prediction) and training-time sampling.
+
+    ``modality`` defaults to the layout's; ``spacing`` is a target voxel size in mm,
+    ``auto`` (the training set's median, as nnU-Net) or None (keep each input's);
+    ``foreground_crop`` defaults to on for MRI and CT; ``ct_window`` clips Hounsfield units
+    before z-scoring (``auto``: the training foreground's 0.5-99.5 percentiles);
+    ``slices`` > 1 feeds a 2D network that many adjacent slices as channels (2.5D).
+    """
 
     modality: Modality | None = None
-    spacing: list[float] | None = None
+    spacing: list[float] | Literal["auto"] | None = None
     patch_size: list[int] = Field(default_factory=lambda: [96, 96, 96])
-    foreground_crop: bool = True
+    foreground_crop: bool | None = None
+    ct_window: list[float] | Literal["auto"] = "auto"
+    slices: int = Field(1, ge=1)
     samples_per_case: int = Field(2, ge=1)
     foreground_ratio: float = Field(0.67, ge=0, le=1)
+    cache: Literal["memory", "disk", "none"] = "memory"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("patch_size")
@@ -86,10 +96,24 @@ class TransformsConfig(_Section):
 
     @field_validator("spacing")
     @classmethod
-    def _positive_spacing(cls, spacing: list[float] | None) -> list[float] | None:
-        if spacing is not None and (len(spacing) not in (2, 3) or min(spacing) <= 0):
+    def _positive_spacing(cls, spacing: Any) -> Any:
+        if isinstance(spacing, list) and (len(spacing) not in (2, 3) or min(spacing) <= 0):
             raise ValueError(f"must be 2 or 3 positive spacings in mm, got {spacing}")
         return spacing
+
+    @field_validator("ct_window")
+    @classmethod
+    def _ordered_window(cls, window: Any) -> Any:
+        if isinstance(window, list) and (len(window) != 2 or window[0] >= window[1]):
+            raise ValueError(f"must be [low, high] in HU with low < high, got {window}")
+        return window
+
+    @field_validator("slices")
+    @classmethod
+    def _odd_slices(cls, slices: int) -> int:
+        if slices % 2 == 0:
+            raise ValueError(f"must be odd (a centre slice and its neighbours), got {slices}")
+        return slices
 
 
 class TrainConfig(_Section):

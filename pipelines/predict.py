@@ -56,6 +56,20 @@ class PredictReport:
         return sum(case.status == "failed" for case in self.cases)
 
 
+def case_error(error: BaseException, path: Path) -> CaseError:
+    """The ``CaseError`` behind ``error`` (MONAI's ``Compose`` wraps what a transform raises
+    in ``RuntimeError``s), or a new one naming ``path`` with the innermost message."""
+    innermost = error
+    while True:
+        if isinstance(innermost, CaseError):
+            return innermost
+        if innermost.__cause__ is None and innermost.__context__ is None:
+            break
+        innermost = innermost.__cause__ or innermost.__context__
+    reason = str(innermost).strip().splitlines()[-1] if str(innermost).strip() else ""
+    return CaseError(f"{path}: cannot read ({reason or type(innermost).__name__})")
+
+
 class Segmenter:
     """A loaded model that segments one case at a time.
 
@@ -97,11 +111,8 @@ class Segmenter:
         source = [str(p) for p in case.image] if len(case.image) > 1 else str(case.image[0])
         try:
             data = self.transform({"image": source})
-        except Exception as error:  # MONAI wraps reader errors in RuntimeError chains
-            reason = (
-                str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-            )
-            raise CaseError(f"{case.image[0]}: cannot read ({reason})") from None
+        except Exception as error:
+            raise case_error(error, case.image[0]) from None
         image = data["image"]
         expected = self.config.network.in_channels
         if image.shape[0] != expected:

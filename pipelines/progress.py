@@ -1,8 +1,10 @@
-"""Rich progress bars for the console (stderr), silent when not asked for."""
+"""Rich progress bars on a terminal's stderr; silent when not asked for or when stderr is a
+file or pipe (a log gets the per-epoch lines instead)."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,7 +35,7 @@ def epoch_progress(
 
     Shows the running mean loss, iterations per second and the time left.
     """
-    if not show:
+    if not (show and sys.stderr.isatty()):
         yield lambda loss: None
         return
     total = 0.0
@@ -55,7 +57,7 @@ def epoch_progress(
 @contextlib.contextmanager
 def task_progress(description: str, total: int, show: bool) -> Iterator[Callable[[str], None]]:
     """A bar over ``total`` items (cases); yields ``advance(name_of_item_just_done)``."""
-    if not show:
+    if not (show and sys.stderr.isatty()):
         yield lambda name: None
         return
     with _progress(description, "{task.fields[last]}") as progress:

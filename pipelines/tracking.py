@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 # MLflow retries an unreachable server for minutes by default; a few quick tries are
 # enough to tell a typo'd URI from a busy server without stalling training.
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# MLflow's own INFO lines (database migrations on first use) would interleave with ours.
+_QUIET = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 
 class Tracker:
@@ -55,7 +57,7 @@ class Tracker:
             self._call(lambda: self._mlflow.end_run(status=status))
 
     def _start(self) -> None:
-        for key, value in _HTTP_DEFAULTS.items():
+        for key, value in (_HTTP_DEFAULTS | _QUIET).items():
             os.environ.setdefault(key, value)
         import mlflow
 

@@ -82,21 +82,41 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _model_config(config: Config, index: Any) -> ModelConfig:
-    pre = Preprocessing(
+def _preprocessing(config: Config, index: Any, train_cases: list[Any]) -> Preprocessing:
+    """Preprocessing for this run, with what the config leaves open fitted on ``train_cases``."""
+    from medseg.transforms.statistics import ct_statistics, median_spacing
+
+    settings = config.transforms
+    modality = settings.modality or index.modality
+    spacing = median_spacing(train_cases) if settings.spacing == "auto" else settings.spacing
+    crop = settings.foreground_crop
+    if crop is None:
+        crop = modality in ("mri", "ct")
+    intensity = {}
+    if modality == "ct":
+        window = None if settings.ct_window == "auto" else settings.ct_window
+        intensity = ct_statistics(train_cases, window)
+    if settings.slices > 1 and not (index.spatial_dims == 3 and len(settings.patch_size) == 2):
+        raise ConfigError("transforms.slices > 1 needs a 2D patch_size on volumes (2.5D)")
+    return Preprocessing(
         layout=config.data.layout,
-        modality=config.transforms.modality or index.modality,
+        modality=modality,
         channels=list(index.channels),
         spatial_dims=index.spatial_dims,
-        spacing=config.transforms.spacing,
-        foreground_crop=config.transforms.foreground_crop,
-        patch_size=config.transforms.patch_size,
+        spacing=spacing,
+        foreground_crop=crop,
+        slices=settings.slices,
+        patch_size=settings.patch_size,
+        intensity=intensity,
     )
+
+
+def _model_config(config: Config, index: Any, pre: Preprocessing) -> ModelConfig:
     network = NetworkSpec(
         name=config.network.name,
         preset=config.network.preset,
         spatial_dims=len(config.transforms.patch_size),
-        in_channels=len(index.channels),
+        in_channels=len(index.channels) * pre.slices,
         out_channels=index.labels.out_channels,
         options=config.network.options,
     )
@@ -123,7 +143,7 @@ def _split(config: Config, index: Any, run_dir: Path) -> dict[str, list[str]]:
 
 
 def _datasets(config: Config, index: Any, model_config: ModelConfig, split: dict) -> tuple:
-    from monai.data import CacheDataset
+    from monai.data import CacheDataset, Dataset, PersistentDataset
 
     by_id = {case.id: case.as_dict() for case in index.cases}
     unknown = [c for c in split["train"] + split["val"] if c not in by_id]
@@ -138,9 +158,16 @@ def _datasets(config: Config, index: Any, model_config: ModelConfig, split: dict
         augment=config.transforms.augment,
     )
     val_transform = validation_transforms(model_config.preprocessing, scheme)
-    train_set = CacheDataset([by_id[c] for c in split["train"]], train_transform, progress=False)
-    val_set = CacheDataset([by_id[c] for c in split["val"]], val_transform, progress=False)
-    return train_set, val_set
+
+    def dataset(ids: list[str], transform: Any) -> Any:
+        cases = [by_id[c] for c in ids]
+        if config.transforms.cache == "memory":
+            return CacheDataset(cases, transform, progress=False)
+        if config.transforms.cache == "disk":
+            return PersistentDataset(cases, transform, cache_dir=Path(config.output) / "cache")
+        return Dataset(cases, transform)
+
+    return dataset(split["train"], train_transform), dataset(split["val"], val_transform)
 
 
 def _write_validation_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -179,8 +206,10 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
     write_text_atomic(
         run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False)
     )
-    model_config = _model_config(config, index)
     split = _split(config, index, run_dir)
+    by_id = {case.id: case for case in index.cases}
+    pre = _preprocessing(config, index, [by_id[c] for c in split["train"] if c in by_id])
+    model_config = _model_config(config, index, pre)
     device = resolve_device(config.train.device)
     with torch.random.fork_rng(devices=[]):
         return _run(config, index, model_config, split, run_dir, device, resume, show_progress)

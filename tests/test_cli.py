@@ -125,3 +125,53 @@ def test_synth_takes_the_shape_as_separate_sizes(tmp_path, medseg_cli):
     assert result.code == 0, result.err
     image = nib.load(tmp_path / "out" / "BraTS2021_00000" / "BraTS2021_00000_t1.nii.gz")
     assert image.shape == (24, 20, 16)
+
+
+def write_labels(path: Path, labels, spacing=(1.0, 1.0, 2.0)) -> Path:
+    import nibabel as nib
+    import numpy as np
+
+    nib.save(nib.Nifti1Image(np.asarray(labels, dtype=np.uint8), np.diag([*spacing, 1.0])), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"), [("diagonal", (4**2 + 4**2 + 8**2) ** 0.5), ("nan", None)]
+)
+def test_evaluate_applies_the_chosen_empty_mask_rule(tmp_path, medseg_cli, rule, expected):
+    import csv
+
+    import numpy as np
+
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pred").mkdir()
+    empty = np.zeros((4, 4, 4))
+    spot = empty.copy()
+    spot[1, 1, 1] = 1
+    write_labels(tmp_path / "ref" / "a.nii.gz", empty)
+    write_labels(tmp_path / "pred" / "a.nii.gz", spot)  # a false positive on an empty reference
+    result = medseg_cli(
+        "evaluate", tmp_path / "pred", tmp_path / "ref", "--labels", "liver=1", "--one-empty", rule
+    )
+    assert result.code == 0, result.err
+    (row,) = csv.DictReader((tmp_path / "pred" / "evaluation" / "metrics.csv").open())
+    assert float(row["dice"]) == 0.0
+    if expected is None:
+        assert row["hd95"] in ("", "nan")
+    else:
+        assert float(row["hd95"]) == pytest.approx(expected)
+
+
+def test_evaluate_reports_a_missing_prediction_and_exits_1(tmp_path, medseg_cli):
+    import numpy as np
+
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pred").mkdir()
+    labels = np.zeros((4, 4, 4))
+    labels[1:3, 1:3, 1:3] = 1
+    write_labels(tmp_path / "ref" / "a.nii.gz", labels)
+    write_labels(tmp_path / "ref" / "b.nii.gz", labels)
+    write_labels(tmp_path / "pred" / "a.nii.gz", labels)
+    result = medseg_cli("evaluate", tmp_path / "pred", tmp_path / "ref", "--labels", "liver=1")
+    assert result.code == 1
+    assert "missing prediction" in result.out

@@ -15,7 +15,9 @@ from monai import transforms as mt
 from pydantic import BaseModel, ConfigDict, Field
 
 from medseg.datasets.base import LabelScheme
+from medseg.transforms.checks import RequireFinited
 from medseg.transforms.labels import LabelsToTargetd
+from medseg.transforms.slices import AdjacentSlicesd
 
 # Axis codes in the RAS+ world space that NIfTI affines (and MONAI's readers) use.
 _AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -24,10 +26,13 @@ _AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 class Preprocessing(BaseModel):
     """The deterministic steps between a file on disk and the network's input.
 
-    ``channels`` names the image channels in order, ``orientation`` the axis codes images
-    are turned to, ``spacing`` the target voxel size in mm (None keeps the input's),
-    ``foreground_crop`` crops to the bounding box of non-zero voxels, ``patch_size`` is the
-    network's training patch and sliding-window size (voxels).
+    ``channels`` names the image channels in order; ``spatial_dims`` is the data's (3 for
+    volumes, 2 for images); ``orientation`` the axis codes images are turned to;
+    ``spacing`` the target voxel size in mm (None keeps the input's); ``foreground_crop``
+    crops to the body (CT) or the non-zero voxels (MRI); ``slices`` > 1 stacks that many
+    adjacent slices as channels for a 2D network (2.5D); ``patch_size`` is the network's
+    training patch and sliding-window size (voxels); ``intensity`` holds statistics
+    fitted on the training set (CT: ``window_low``, ``window_high``, ``mean``, ``std`` in HU).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -39,8 +44,21 @@ class Preprocessing(BaseModel):
     orientation: str = "RAS"
     spacing: list[float] | None = None
     foreground_crop: bool = True
+    slices: int = 1
     patch_size: list[int]
     intensity: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def slice_wise(self) -> bool:
+        """Whether a 2D network runs slice by slice on volumes."""
+        return self.spatial_dims == 3 and len(self.patch_size) == 2
+
+
+# nnU-Net resamples the through-plane axis of strongly anisotropic data on its own, with
+# nearest-neighbour interpolation, to avoid smearing thick slices into each other.
+ANISOTROPY_RATIO = 3.0
+# Hounsfield units below which CT voxels are air outside the body.
+CT_BODY_THRESHOLD = -500.0
 
 
 def _load(keys: list[str]) -> list[Any]:
@@ -50,28 +68,75 @@ def _load(keys: list[str]) -> list[Any]:
     ]
 
 
+def _resampling(pre: Preprocessing, keys: list[str]) -> list[Any]:
+    target = list(pre.spacing or [])
+    if not target:
+        return []
+    image_mode = ["bilinear" if key == "image" else "nearest" for key in keys]
+    thick = max(range(len(target)), key=lambda axis: target[axis])
+    if len(target) == 3 and target[thick] >= ANISOTROPY_RATIO * min(target):
+        in_plane = [0.0 if axis == thick else size for axis, size in enumerate(target)]
+        through_plane = [size if axis == thick else 0.0 for axis, size in enumerate(target)]
+        return [
+            mt.Spacingd(keys, pixdim=in_plane, mode=image_mode),
+            mt.Spacingd(keys, pixdim=through_plane, mode="nearest"),
+        ]
+    return [mt.Spacingd(keys, pixdim=target, mode=image_mode)]
+
+
+def is_body(image: Any) -> Any:
+    """CT foreground for cropping: voxels denser than air."""
+    return image > CT_BODY_THRESHOLD
+
+
+def is_positive(image: Any) -> Any:
+    """MRI foreground for cropping: the non-zero (skull-stripped) voxels."""
+    return image > 0
+
+
 def _spatial(pre: Preprocessing, keys: list[str]) -> list[Any]:
-    steps: list[Any] = [mt.Orientationd(keys, axcodes=pre.orientation, labels=_AXIS_LABELS)]
-    if pre.spacing is not None:
-        modes = ["bilinear" if key == "image" else "nearest" for key in keys]
-        steps.append(mt.Spacingd(keys, pixdim=pre.spacing, mode=modes))
+    axcodes = pre.orientation[: pre.spatial_dims]
+    steps: list[Any] = [mt.Orientationd(keys, axcodes=axcodes, labels=_AXIS_LABELS)]
+    steps += _resampling(pre, keys)
     if pre.foreground_crop:
-        # Raw MRI and EM are zero (or dark) outside the object, so the crop runs on the
-        # unnormalised image; z-scoring would make background voxels non-zero.
-        steps.append(mt.CropForegroundd(keys, source_key="image", allow_smaller=True))
+        # Runs on the unnormalised image: after z-scoring, background is no longer zero.
+        select = is_body if pre.modality == "ct" else is_positive
+        steps.append(
+            mt.CropForegroundd(keys, source_key="image", select_fn=select, allow_smaller=True)
+        )
     return steps
 
 
 def _intensity(pre: Preprocessing) -> list[Any]:
     if pre.modality == "mri":
         return [mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True)]
-    return [mt.NormalizeIntensityd("image", channel_wise=True)]
+    if pre.modality == "ct":
+        stats = pre.intensity
+        return [
+            mt.ThresholdIntensityd(
+                "image", threshold=stats["window_high"], above=False, cval=stats["window_high"]
+            ),
+            mt.ThresholdIntensityd(
+                "image", threshold=stats["window_low"], above=True, cval=stats["window_low"]
+            ),
+            mt.NormalizeIntensityd("image", subtrahend=stats["mean"], divisor=stats["std"]),
+        ]
+    if pre.modality == "em":
+        return [
+            mt.ScaleIntensityRangePercentilesd(
+                "image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
+            )
+        ]
+    return [mt.ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0)]
 
 
 def preprocessing(pre: Preprocessing, *, with_label: bool) -> list[Any]:
     """The deterministic transforms, for ``image`` (and ``label`` when ``with_label``)."""
     keys = ["image", "label"] if with_label else ["image"]
-    return [*_load(keys), *_spatial(pre, keys), *_intensity(pre)]
+    steps = [*_load(keys), RequireFinited("image"), *_spatial(pre, keys), *_intensity(pre)]
+    if pre.slices > 1:
+        steps.append(AdjacentSlicesd("image", pre.slices))
+    return steps
 
 
 def _augmentation(augment: Any, spatial_dims: int) -> list[Any]:
@@ -124,19 +189,23 @@ def training_transforms(
     the first random one are deterministic, so ``monai.data.CacheDataset`` caches them.
     """
     keys = ["image", "label"]
+    # A 2D network on volumes trains on crops one slice deep, then drops that axis.
+    crop = [*pre.patch_size, 1] if pre.slice_wise else pre.patch_size
+    flatten = [mt.SqueezeDimd(keys, dim=-1)] if pre.slice_wise else []
     return mt.Compose(
         [
             *preprocessing(pre, with_label=True),
-            mt.SpatialPadd(keys, spatial_size=pre.patch_size),
+            mt.SpatialPadd(keys, spatial_size=crop),
             mt.RandCropByPosNegLabeld(
                 keys,
                 label_key="label",
-                spatial_size=pre.patch_size,
+                spatial_size=crop,
                 pos=foreground_ratio,
                 neg=1 - foreground_ratio,
                 num_samples=samples_per_case,
             ),
-            *_augmentation(augment, pre.spatial_dims),
+            *flatten,
+            *_augmentation(augment, len(pre.patch_size)),
             LabelsToTargetd("label", scheme),
         ]
     )

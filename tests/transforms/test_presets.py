@@ -1,0 +1,135 @@
+"""Preprocessing fitted on the training set and stored with the model; augmentation that
+keeps image and label aligned; 2.5D inputs."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.config import AugmentConfig
+from medseg.datasets.base import Case, LabelScheme
+from medseg.transforms.presets import Preprocessing, inference_transforms, training_transforms
+from medseg.transforms.slices import adjacent_slices
+from medseg.transforms.statistics import ct_statistics, median_spacing
+
+SCHEME = LabelScheme.classes({"background": 0, "object": 1})
+
+
+def write_case(folder, name, image, label, spacing=(0.8, 0.8, 2.5)) -> Case:
+    affine = np.diag([*spacing, 1.0])
+    nib.save(nib.Nifti1Image(image, affine), folder / f"{name}_image.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), folder / f"{name}_label.nii.gz")
+    return Case(name, (folder / f"{name}_image.nii.gz",), folder / f"{name}_label.nii.gz")
+
+
+@pytest.fixture
+def ct_cases(tmp_path):
+    rng = np.random.default_rng(0)
+    cases = []
+    for index in range(3):
+        image = rng.normal(-800, 50, (20, 20, 8)).astype(np.int16)
+        label = np.zeros((20, 20, 8), dtype=np.uint8)
+        label[5:15, 5:15, 2:6] = 1
+        image[label == 1] = rng.normal(60 + 10 * index, 20, int(label.sum())).astype(np.int16)
+        cases.append(
+            write_case(tmp_path, f"case{index}", image, label, spacing=(0.8, 0.8, 2.5 + index))
+        )
+    return cases
+
+
+def test_ct_statistics_come_from_the_training_foreground(ct_cases):
+    stats = ct_statistics(ct_cases)
+    foreground = np.concatenate(
+        [
+            np.asarray(nib.load(c.image[0]).dataobj)[np.asarray(nib.load(c.label).dataobj) > 0]
+            for c in ct_cases
+        ]
+    ).astype(np.float64)
+    low, high = np.percentile(foreground, [0.5, 99.5])
+    assert stats["window_low"] == pytest.approx(low)
+    assert stats["window_high"] == pytest.approx(high)
+    assert stats["mean"] == pytest.approx(np.clip(foreground, low, high).mean(), rel=1e-5)
+    fixed = ct_statistics(ct_cases, window=(-200, 250))
+    assert (fixed["window_low"], fixed["window_high"]) == (-200, 250)
+
+
+def test_median_spacing_follows_the_training_set(ct_cases):
+    assert median_spacing(ct_cases) == [0.8, 0.8, 3.5]
+
+
+def test_inference_reproduces_training_normalisation_from_stored_statistics(ct_cases, tmp_path):
+    stats = {"window_low": -100.0, "window_high": 200.0, "mean": 50.0, "std": 25.0}
+    pre = Preprocessing(
+        layout="lits",
+        modality="ct",
+        channels=["ct"],
+        patch_size=[8, 8, 4],
+        foreground_crop=False,
+        intensity=stats,
+    )
+    stored = Preprocessing.model_validate_json(pre.model_dump_json())
+    raw = np.asarray(nib.load(ct_cases[1].image[0]).dataobj, dtype=np.float32)
+    normalised = inference_transforms(stored)({"image": str(ct_cases[1].image[0])})["image"][0]
+    expected = (np.clip(raw, -100, 200) - 50) / 25
+    np.testing.assert_allclose(normalised.numpy(), expected, atol=1e-5)
+
+
+def test_augmentations_keep_image_and_label_aligned(tmp_path):
+    rng = np.random.default_rng(1)
+    label = np.zeros((24, 24, 24), dtype=np.uint8)
+    for _ in range(4):
+        x, y, z = rng.integers(4, 18, 3)
+        label[x : x + 5, y : y + 3, z : z + 6] = 1
+    image = (label * 200 + 20).astype(np.int16)  # the label drawn on the image
+    case = write_case(tmp_path, "drawn", image, label, spacing=(1, 1, 1))
+    pre = Preprocessing(
+        layout="folder",
+        modality="rgb",
+        channels=["x"],
+        patch_size=[16, 16, 16],
+        foreground_crop=False,
+    )
+    augment = AugmentConfig(flip=1, rotate90=1, affine=1, intensity_shift=1, intensity_scale=1)
+    transform = training_transforms(
+        pre, SCHEME, samples_per_case=4, foreground_ratio=1.0, augment=augment
+    )
+    transform.set_random_state(seed=3)
+    for sample in transform(case.as_dict()):
+        image = sample["image"][0]
+        drawn = image > (image.max() + image.min()) / 2
+        labelled = sample["label"][0] > 0.5
+        overlap = (drawn & labelled).sum() / max(1, (drawn | labelled).sum())
+        assert labelled.any()
+        assert overlap > 0.75  # interpolation blurs 3-voxel bars; a misaligned pair scores ~0
+
+
+def test_adjacent_slices_become_channels_with_edges_repeated():
+    volume = torch.arange(2 * 1 * 1 * 4, dtype=torch.float32).reshape(2, 1, 1, 4)
+    stacked = adjacent_slices(volume, 3)
+    assert stacked.shape == (6, 1, 1, 4)
+    # channel 0 of slice z: channel 0 of slice z-1 (slice 0 repeated at the edge)
+    assert stacked[0, 0, 0].tolist() == [0, 0, 1, 2]
+    assert stacked[1, 0, 0].tolist() == [0, 1, 2, 3]
+    assert stacked[2, 0, 0].tolist() == [1, 2, 3, 3]
+    assert stacked[4, 0, 0].tolist() == [4, 5, 6, 7]
+
+
+def test_two_and_a_half_d_training_gives_two_dimensional_patches(ct_cases):
+    pre = Preprocessing(
+        layout="lits",
+        modality="ct",
+        channels=["ct"],
+        patch_size=[12, 12],
+        slices=3,
+        foreground_crop=False,
+        intensity={"window_low": -1000.0, "window_high": 1000.0, "mean": 0.0, "std": 100.0},
+    )
+    assert pre.slice_wise
+    transform = training_transforms(
+        pre, SCHEME, samples_per_case=2, foreground_ratio=1.0, augment=AugmentConfig()
+    )
+    for sample in transform(ct_cases[0].as_dict()):
+        assert sample["image"].shape == (3, 12, 12)
+        assert sample["label"].shape == (1, 12, 12)
