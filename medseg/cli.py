@@ -155,17 +155,32 @@ def train(
 @app.command()
 def predict(
     model: Annotated[
-        str, typer.Argument(help="Model directory, checkpoint, runs:/ or models:/ URI.")
+        str,
+        typer.Argument(
+            help="Model directory, checkpoint, runs:/ or models:/ URI; several comma-separated "
+            "(or a cross-validation folder) are ensembled."
+        ),
     ],
     inputs: Annotated[list[str], typer.Argument(help="Files, folders or globs to segment.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the label maps.")],
     overlap: Annotated[
         float | None, typer.Option(min=0.0, max=0.95, help="Sliding-window overlap.")
     ] = None,
+    tta: Annotated[bool, typer.Option(help="Average over mirrored inputs (slower).")] = False,
     prune_level: Annotated[
         int | None, typer.Option(min=1, max=4, help="UNet++: use head L only.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (half on CUDA, fp32 on CPU), fp32, fp16 or bf16.")
+    ] = "auto",
+    skip_empty: Annotated[
+        bool, typer.Option(help="Reuse one answer for all constant (background) windows.")
+    ] = True,
+    postprocess: Annotated[bool, typer.Option(help="Apply the model's post-processing.")] = True,
+    save_probabilities: Annotated[
+        bool, typer.Option(help="Also write <case>_probabilities.npz (float16).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists.")] = False,
 ) -> None:
     """Segment volumes onto their own grid; exit 1 when some cases failed."""
@@ -178,13 +193,21 @@ def predict(
         overlap=overlap,
         prune_level=prune_level,
         device=device,
+        precision=precision,
+        tta=tta,
+        skip_empty=skip_empty,
+        apply_postprocessing=postprocess,
+        save_probabilities=save_probabilities,
         overwrite=overwrite,
     )
-    done = sum(c.status == "done" for c in report.cases)
+    done = [c for c in report.cases if c.status == "done"]
     skipped = sum(c.status == "skipped" for c in report.cases)
+    windows = sum(c.windows for c in done)
+    reused = sum(c.skipped_windows for c in done)
     console = _console()
     console.print(
-        f"{done} segmented, {skipped} already done, {report.failed} failed -> {output}",
+        f"{len(done)} segmented, {skipped} already done, {report.failed} failed -> {output} "
+        f"({windows} windows, {reused} empty ones reused)",
         highlight=False,
     )
     for case in report.cases:

@@ -145,6 +145,15 @@ class InferConfig(_Section):
     tta: bool = False
 
 
+class PostprocessConfig(_Section):
+    """Label-map rules applied by ``medseg predict`` (see ``pipelines/postprocess.py``)."""
+
+    largest_component: list[str] = Field(default_factory=list)
+    min_component_ml: dict[str, float] = Field(default_factory=dict)
+    fill_holes: list[str] = Field(default_factory=list)
+    inside: dict[str, str] = Field(default_factory=dict)
+
+
 class TrackingConfig(_Section):
     """MLflow tracking; the URI comes from ``MLFLOW_TRACKING_URI`` or MLflow's default."""
 
@@ -161,6 +170,7 @@ class Config(_Section):
     transforms: TransformsConfig = Field(default_factory=TransformsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     output: Path = Path("runs/medseg")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

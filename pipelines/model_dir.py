@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medseg import __version__
 from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
+from medseg.pipelines.postprocess import Postprocessing
 from medseg.transforms.presets import Preprocessing
 
 CONFIG_FILE = "config.yaml"
@@ -56,6 +57,7 @@ class ModelConfig(_Strict):
     preprocessing: Preprocessing
     labels: dict[str, Any]
     inference: InferenceSpec
+    postprocessing: Postprocessing = Field(default_factory=Postprocessing)
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @property

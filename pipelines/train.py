@@ -38,6 +38,7 @@ from medseg.pipelines.model_dir import (
 )
 from medseg.pipelines.optim import make_optimizer, make_scheduler
 from medseg.pipelines.plots import plot_learning_curve
+from medseg.pipelines.postprocess import Postprocessing
 from medseg.pipelines.progress import epoch_progress
 from medseg.pipelines.tracking import Tracker
 from medseg.pipelines.validation import summarise, validate
@@ -126,8 +127,14 @@ def _model_config(config: Config, index: Any, pre: Preprocessing) -> ModelConfig
         sw_batch_size=config.infer.sw_batch_size,
         mode=config.infer.mode,
     )
+    postprocessing = Postprocessing.model_validate(config.postprocess.model_dump())
+    postprocessing.check(index.labels)
     return ModelConfig(
-        network=network, preprocessing=pre, labels=index.labels.to_dict(), inference=inference
+        network=network,
+        preprocessing=pre,
+        labels=index.labels.to_dict(),
+        inference=inference,
+        postprocessing=postprocessing,
     )
 
 

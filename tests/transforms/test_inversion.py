@@ -13,7 +13,7 @@ import torch
 
 from medseg.datasets.base import Case, LabelScheme
 from medseg.pipelines.model_dir import InferenceSpec, ModelConfig, NetworkSpec
-from medseg.pipelines.predict import Segmenter
+from medseg.pipelines.segmenter import Segmenter
 from medseg.pipelines.writers import write_label_like
 from medseg.transforms.presets import Preprocessing
 
@@ -65,7 +65,7 @@ def segmenter(
         labels=SCHEME.to_dict(),
         inference=InferenceSpec(roi_size=patch, overlap=0.25),
     )
-    return Segmenter(config, Threshold(network_dims), torch.device("cpu"))
+    return Segmenter([(config, Threshold(network_dims))], torch.device("cpu"))
 
 
 def phantom(shape, seed=0) -> tuple[np.ndarray, np.ndarray]:

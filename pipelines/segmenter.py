@@ -1,0 +1,194 @@
+"""One case through a model (or an ensemble): preprocess, sliding window, back to the
+input's grid, post-process. Memory stays bounded: probabilities are taken back to the
+input's grid one channel at a time and folded into the label map as they arrive."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.datasets.base import Case
+from medseg.errors import CaseError, ConfigError
+from medseg.pipelines.inference import WindowCount, sliding_window_predict
+from medseg.pipelines.model_dir import ModelConfig
+from medseg.pipelines.postprocess import postprocess
+from medseg.transforms.labels import probabilities
+from medseg.transforms.presets import inference_transforms
+
+
+def case_error(error: BaseException, path: Path) -> CaseError:
+    """The ``CaseError`` behind ``error`` (MONAI's ``Compose`` wraps what a transform raises
+    in ``RuntimeError``s), or a new one naming ``path`` with the innermost message."""
+    innermost = error
+    while True:
+        if isinstance(innermost, CaseError):
+            return innermost
+        if innermost.__cause__ is None and innermost.__context__ is None:
+            break
+        innermost = innermost.__cause__ or innermost.__context__
+    reason = str(innermost).strip().splitlines()[-1] if str(innermost).strip() else ""
+    return CaseError(f"{path}: cannot read ({reason or type(innermost).__name__})")
+
+
+@dataclass
+class Segmentation:
+    """A case's result on its input grid.
+
+    ``labels``: uint8 label map of disk values, the input's spatial shape in file index
+    order; ``affine``: its 4x4 voxel-to-RAS affine; ``probabilities``: float16
+    ``(C, *spatial)`` when asked for; ``windows`` / ``skipped``: sliding windows run and
+    empty ones reused.
+    """
+
+    labels: np.ndarray
+    affine: np.ndarray
+    probabilities: np.ndarray | None
+    windows: int
+    skipped: int
+
+
+class Segmenter:
+    """Loaded models that segment one case at a time.
+
+    Args:
+        models: ``(config, network)`` pairs; several are an ensemble (mean of
+            probabilities) and must share preprocessing and labels.
+        device: where windows run.
+        overlap: sliding-window overlap (None: the first model's).
+        prune_level: UNet++ head to use (None: each model's own).
+        tta: average over all mirrorings of the spatial axes.
+        precision: CUDA autocast dtype (None: fp32).
+        skip_empty: reuse one answer for all constant windows.
+        apply_postprocessing: apply the model's post-processing rules.
+    """
+
+    def __init__(
+        self,
+        models: list[tuple[ModelConfig, torch.nn.Module]],
+        device: torch.device,
+        *,
+        overlap: float | None = None,
+        prune_level: int | None = None,
+        tta: bool = False,
+        precision: torch.dtype | None = None,
+        skip_empty: bool = True,
+        apply_postprocessing: bool = True,
+    ) -> None:
+        from monai.transforms import Invertd
+
+        self.config = models[0][0]
+        for other, _ in models[1:]:
+            if (other.preprocessing, other.labels) != (
+                self.config.preprocessing,
+                self.config.labels,
+            ):
+                raise ConfigError("ensembled models must share preprocessing and labels")
+        self.networks = [network.to(device).eval() for _, network in models]
+        self.scheme = self.config.scheme
+        self.device = device
+        self.overlap = self.config.inference.overlap if overlap is None else overlap
+        self.forward_options = {} if prune_level is None else {"prune_level": prune_level}
+        self.tta = tta
+        self.precision = precision
+        self.skip_empty = skip_empty
+        self.apply_postprocessing = apply_postprocessing
+        self.transform = inference_transforms(self.config.preprocessing)
+        self.invert = Invertd("pred", self.transform, orig_keys="image", nearest_interp=False)
+
+    def load(self, case: Case) -> dict[str, Any]:
+        """Read and preprocess ``case``; ``CaseError`` naming the file when it cannot be used."""
+        source = [str(p) for p in case.image] if len(case.image) > 1 else str(case.image[0])
+        try:
+            data = self.transform({"image": source})
+        except Exception as error:
+            raise case_error(error, case.image[0]) from None
+        expected = self.config.network.in_channels
+        if data["image"].shape[0] != expected:
+            channels = ", ".join(self.config.preprocessing.channels)
+            raise CaseError(
+                f"{case.image[0]}: has {data['image'].shape[0]} channel(s) after preprocessing, "
+                f"the model takes {expected} ({channels})"
+            )
+        return data
+
+    def _mean_probabilities(self, image: torch.Tensor, count: WindowCount) -> torch.Tensor:
+        spatial = list(range(2, image.ndim))
+        flips = [()]
+        if self.tta:
+            flips = [c for r in range(len(spatial) + 1) for c in itertools.combinations(spatial, r)]
+        total = None
+        for network in self.networks:
+            for axes in flips:
+                flipped = image.flip(axes) if axes else image
+                logits = sliding_window_predict(
+                    network,
+                    flipped,
+                    roi_size=self.config.inference.roi_size,
+                    overlap=self.overlap,
+                    sw_batch_size=self.config.inference.sw_batch_size,
+                    mode=self.config.inference.mode,
+                    device=self.device,
+                    precision=self.precision,
+                    skip_empty=self.skip_empty,
+                    count=count,
+                    **self.forward_options,
+                )
+                chance = probabilities(logits.flip(axes) if axes else logits, self.scheme)[0]
+                total = chance if total is None else total.add_(chance)
+        return total.div_(len(self.networks) * len(flips))
+
+    def infer(self, data: dict[str, Any], *, keep_probabilities: bool = False) -> Segmentation:
+        """Segment a case that ``load`` prepared; see ``Segmentation``."""
+        from monai.data import MetaTensor
+
+        count = WindowCount()
+        image = data["image"]
+        probability = self._mean_probabilities(image[None], count)
+        # Invertd needs the image's metadata and transform trace, not its voxels.
+        data = {
+            "image": MetaTensor(
+                torch.zeros(1), meta=image.meta, applied_operations=image.applied_operations
+            )
+        }
+        del image
+        labels, best, kept, affine = None, None, [], None
+        masks: dict[int, np.ndarray] = {}
+        for channel in range(probability.shape[0]):
+            data["pred"] = MetaTensor(probability[channel : channel + 1])
+            inverted = self.invert(dict(data))["pred"]
+            affine = np.asarray(inverted.affine, dtype=np.float64)
+            values = inverted[0].numpy()
+            if keep_probabilities:
+                kept.append(values.astype(np.float16))
+            if self.scheme.mode == "regions":
+                masks[channel] = values > 0.5
+            elif best is None:
+                best = values
+                labels = np.full(values.shape, self.scheme.values[0][0], dtype=np.uint8)
+            else:
+                better = values > best
+                best = np.where(better, values, best)
+                labels[better] = self.scheme.values[channel][0]
+        if self.scheme.mode == "regions":
+            labels = np.zeros(next(iter(masks.values())).shape, dtype=np.uint8)
+            for index in self.scheme.paint_order:
+                labels[masks[index]] = self.scheme.paint[index]
+        if self.apply_postprocessing:
+            voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+            labels = postprocess(labels, self.scheme, self.config.postprocessing, voxel_ml)
+        return Segmentation(
+            labels=labels,
+            affine=affine,
+            probabilities=np.stack(kept) if keep_probabilities else None,
+            windows=count.windows,
+            skipped=count.skipped,
+        )
+
+    def segment(self, case: Case) -> np.ndarray:
+        """Label map (uint8, the input's spatial shape in file index order) of ``case``."""
+        return self.infer(self.load(case)).labels

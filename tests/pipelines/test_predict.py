@@ -1,0 +1,161 @@
+"""Batch prediction: equal to plain MONAI sliding windows, crash-safe, failure-isolating,
+shardable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+
+from medseg.datasets import discover
+from medseg.pipelines.inference import WindowCount, sliding_window_predict
+from medseg.pipelines.model_dir import open_model
+from medseg.pipelines.predict import predict, shard
+from medseg.pipelines.segmenter import Segmenter
+
+MEDSEG = str(Path(sys.executable).with_name("medseg"))
+
+
+@pytest.fixture(scope="module")
+def many_cases(tmp_path_factory):
+    from medseg.datasets.synthetic import synthesize
+
+    root = tmp_path_factory.mktemp("batch")
+    synthesize("brats", root, cases=6, shape=(40, 40, 32), seed=7)
+    return root
+
+
+@pytest.mark.parametrize("skip_empty", [False, True])
+def test_prediction_equals_plain_monai_sliding_windows(brats_model_dir, brats_phantoms, skip_empty):
+    config, network = open_model(brats_model_dir)
+    segmenter = Segmenter([(config, network)], torch.device("cpu"))
+    case = discover("brats", brats_phantoms["test"]).cases[0]
+    # a margin of background, as around a body in CT, so some windows are constant
+    image = torch.nn.functional.pad(segmenter.load(case)["image"][None].as_tensor(), [16] * 6)
+    count = WindowCount()
+    ours = sliding_window_predict(
+        network,
+        image,
+        roi_size=[16, 16, 16],
+        overlap=0.5,
+        mode="gaussian",
+        skip_empty=skip_empty,
+        count=count,
+    )
+    with torch.inference_mode():
+        plain = sliding_window_inference(
+            image, [16, 16, 16], 2, network, overlap=0.5, mode="gaussian"
+        )
+    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=1e-5)
+    assert count.windows > 0
+    assert (count.skipped > 0) == skip_empty
+
+
+def test_tta_and_ensemble_average_probabilities(brats_model_dir, brats_phantoms):
+    config, network = open_model(brats_model_dir)
+    case = discover("brats", brats_phantoms["test"]).cases[0]
+    single = Segmenter([(config, network)], torch.device("cpu"))
+    data = single.load(case)
+    once = single.infer(data, keep_probabilities=True)
+    ensemble = Segmenter([(config, network), (config, network)], torch.device("cpu"))
+    twice = ensemble.infer(ensemble.load(case), keep_probabilities=True)
+    np.testing.assert_allclose(once.probabilities, twice.probabilities, atol=1e-3)
+    mirroring = Segmenter([(config, network)], torch.device("cpu"), tta=True)
+    mirrored = mirroring.infer(mirroring.load(case))
+    assert mirrored.windows == 8 * once.windows
+    assert mirrored.labels.shape == once.labels.shape
+
+
+def test_corrupt_case_is_reported_and_the_rest_are_written(
+    tmp_path, brats_model_dir, many_cases, medseg_cli
+):
+    data = tmp_path / "data"
+    shutil.copytree(many_cases, data)
+    broken = data / "BraTS2021_00002" / "BraTS2021_00002_t1.nii.gz"
+    broken.write_bytes(b"\x1f\x8b" + os.urandom(200))  # gzip magic, garbage inside
+    before = {p: p.read_bytes() for p in data.rglob("*.nii.gz")}
+    result = medseg_cli("predict", brats_model_dir, data, "--output", tmp_path / "out")
+    assert result.code == 1
+    assert "BraTS2021_00002_t1.nii.gz" in result.out
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz"))
+    assert written == [f"BraTS2021_0000{i}.nii.gz" for i in (0, 1, 3, 4, 5)]
+    report = json.loads((tmp_path / "out" / "predict_report.json").read_text())
+    statuses = {c["case"]: c["status"] for c in report["cases"]}
+    assert statuses.pop("BraTS2021_00002") == "failed"
+    assert set(statuses.values()) == {"done"}
+    assert {p: p.read_bytes() for p in data.rglob("*.nii.gz")} == before  # inputs untouched
+
+
+def test_output_folder_may_not_be_an_input_folder(brats_model_dir, many_cases, medseg_cli):
+    case_folder = many_cases / "BraTS2021_00000"
+    result = medseg_cli("predict", brats_model_dir, case_folder, "--output", case_folder)
+    assert result.code == 2
+    assert "is an input folder" in result.err
+
+
+@pytest.mark.slow
+def test_rerun_after_sigkill_completes_the_batch_with_valid_files(
+    tmp_path, brats_model_dir, many_cases
+):
+    output = tmp_path / "out"
+    command = [MEDSEG, "predict", str(brats_model_dir), str(many_cases), "--output", str(output)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(output.glob("BraTS*.nii.gz"))) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before = len(list(output.glob("BraTS*.nii.gz")))
+    assert 2 <= finished_before < 6
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    report = json.loads((output / "predict_report.json").read_text())
+    assert sum(c["status"] == "skipped" for c in report["cases"]) == finished_before
+    for case in discover("brats", many_cases).cases:
+        written = nib.load(output / f"{case.id}.nii.gz")
+        assert written.shape == nib.load(case.image[0]).shape
+        assert np.asarray(written.dataobj).dtype == np.uint8
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]
+
+
+def test_two_ranks_share_the_cases_without_gaps_or_duplicates(
+    tmp_path, brats_model_dir, many_cases, monkeypatch
+):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        report = predict(brats_model_dir, [str(many_cases)], tmp_path / "out", show_progress=False)
+        shares.append({c.case for c in report.cases})
+        assert (tmp_path / "out" / f"predict_report.rank{rank}.json").is_file()
+    assert not shares[0] & shares[1]
+    assert shares[0] | shares[1] == {f"BraTS2021_{i:05d}" for i in range(6)}
+
+
+def test_shard_is_the_identity_without_torchrun(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert shard(["a", "b", "c"]) == (["a", "b", "c"], 0, 1)
+
+
+def test_probabilities_are_saved_as_float16_on_the_input_grid(
+    tmp_path, brats_model_dir, many_cases
+):
+    case = many_cases / "BraTS2021_00001"
+    predict(
+        brats_model_dir, [str(case)], tmp_path / "out", save_probabilities=True, show_progress=False
+    )
+    saved = np.load(tmp_path / "out" / "BraTS2021_00001_probabilities.npz")
+    assert saved["probabilities"].dtype == np.float16
+    assert saved["probabilities"].shape == (3, 40, 40, 32)
