@@ -122,24 +122,44 @@ def train(
         typer.Option("--set", help="Override a key: --set train.epochs=3 (repeatable)."),
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue the run in this run directory.")
+        Path | None, typer.Option(help="Continue the run (or cross-validation) in this folder.")
+    ] = None,
+    folds: Annotated[
+        str | None, typer.Option(help="'all': train every fold and summarise them.")
+    ] = None,
+    register: Annotated[
+        str | None, typer.Option(help="Register the model in MLflow's registry as NAME.")
     ] = None,
 ) -> None:
     """Train a network; logs to MLflow and writes a model directory."""
     from medseg.config import load_config
 
     overrides = list(set_ or [])
+    if register:
+        overrides.append(f"train.register={register}")
+    if folds not in (None, "all"):
+        raise typer.BadParameter("only 'all' is supported; pick one fold with --set data.fold=K")
     if resume is not None:
-        source = config or resume / "config.yaml"
+        source = config or _resolved_config(resume)
         settings = load_config(source, [*overrides, f"output={resume}"])
     elif config is None:
         raise typer.BadParameter("give a CONFIG file, or --resume RUN_DIR", param_hint="CONFIG")
     else:
         settings = load_config(config, overrides)
-    from medseg.pipelines.train import train as run_training
+    from medseg.pipelines import train as training
 
-    result = run_training(settings, resume=resume is not None)
     console = _console()
+    if folds == "all":
+        summary = training.train_folds(settings)
+        for name in summary["mean"]:
+            console.print(
+                f"{name}: {summary['mean'][name]:.4f} ± {summary['std'][name]:.4f} over "
+                f"{len(summary['folds'])} folds",
+                highlight=False,
+            )
+        console.print(f"summary: {settings.output / 'cross_validation.json'}", highlight=False)
+        return
+    result = training.train(settings, resume=resume is not None)
     console.print(
         f"best validation Dice {result.best_metric:.4f} (epoch {result.best_epoch + 1})",
         highlight=False,
@@ -150,6 +170,14 @@ def train(
         console.print(
             f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False
         )
+
+
+def _resolved_config(run_dir: Path) -> Path:
+    """The resolved config a run (or the first fold of a cross-validation) wrote."""
+    for candidate in (run_dir / "config.yaml", run_dir / "fold_0" / "config.yaml"):
+        if candidate.exists():
+            return candidate
+    return run_dir / "config.yaml"
 
 
 @app.command()

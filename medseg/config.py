@@ -116,8 +116,29 @@ class TransformsConfig(_Section):
         return slices
 
 
+class StageConfig(_Section):
+    """One stage of a staged schedule (H-DenseUNet: 2D, then 3D with 2D frozen, then all).
+
+    ``mode`` sets the network's mode (H-DenseUNet: ``2d`` or ``hybrid``); ``freeze_2d``
+    freezes its 2D part; ``lr_scale`` multiplies the learning rate during the stage.
+    """
+
+    epochs: int = Field(ge=1)
+    mode: str | None = None
+    freeze_2d: bool = False
+    lr_scale: float = Field(1.0, gt=0)
+
+
 class TrainConfig(_Section):
-    """The optimisation recipe."""
+    """The optimisation recipe.
+
+    ``batch_size`` is the global batch (volumes per step; each gives
+    ``transforms.samples_per_case`` patches), split across ranks under torchrun;
+    ``accumulate`` steps are summed before each update; ``precision`` is the CUDA mixed
+    precision (``auto``: bf16 where supported, else fp16 with a gradient scaler; the CPU
+    always runs fp32); ``early_stopping`` stops after that many validations without
+    improvement; ``stages`` replaces ``epochs`` with a staged schedule.
+    """
 
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(2, ge=1)
@@ -127,13 +148,35 @@ class TrainConfig(_Section):
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
     loss: Literal["dice_ce", "dice_focal", "ce", "dice"] = "dice_ce"
+    class_weights: list[float] | None = None
     grad_clip: float | None = Field(12.0, gt=0)
+    accumulate: int = Field(1, ge=1)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     seed: int = 0
     val_every: int = Field(1, ge=1)
+    early_stopping: int | None = Field(None, ge=1)
     iterations_per_epoch: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True
+    stages: list[StageConfig] | None = None
+    register: str | None = None
+    prune: bool = False
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the whole run: the sum of the stages when there are stages."""
+        return sum(stage.epochs for stage in self.stages) if self.stages else self.epochs
+
+    def stage_at(self, epoch: int) -> StageConfig | None:
+        """The stage that ``epoch`` (0-based) belongs to, or None without stages."""
+        if not self.stages:
+            return None
+        for stage in self.stages:
+            if epoch < stage.epochs:
+                return stage
+            epoch -= stage.epochs
+        return self.stages[-1]
 
 
 class InferConfig(_Section):

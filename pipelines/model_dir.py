@@ -171,7 +171,11 @@ def open_model(spec: str | Path) -> tuple[ModelConfig, Any]:
     """
     text = str(spec)
     if text.startswith(("runs:/", "models:/")):
-        return load_model_dir(_download(text))
+        folder = _download(text)
+        # A registered MLflow PyTorch model carries the model directory's files in extra_files/.
+        if not (folder / CONFIG_FILE).exists() and (folder / "extra_files" / CONFIG_FILE).exists():
+            folder = folder / "extra_files"
+        return load_model_dir(folder)
     path = Path(text)
     if path.is_dir() and not (path / CONFIG_FILE).exists() and (path / "model").is_dir():
         path = path / "model"

@@ -127,3 +127,40 @@ class Tracker:
         """Tag the run."""
         if self.active:
             self._call(lambda: self._mlflow.set_tags(tags))
+
+    def log_model(self, model_dir: Path, network: Any, register: str | None = None) -> str | None:
+        """Log ``network`` as an MLflow PyTorch model carrying the medseg model directory's
+        files, and register it as ``register`` when given; returns the model URI or None.
+
+        ``mlflow.pytorch.load_model`` gives the network to plain-MLflow users; medseg itself
+        reads only the ``config.yaml`` and ``weights.safetensors`` inside, never the pickle.
+        """
+        if not self.active:
+            return None
+        import torch
+
+        from medseg import __version__
+
+        uri: list[str] = []
+
+        def log() -> None:
+            import mlflow.pytorch
+
+            files = [str(Path(model_dir) / name) for name in ("config.yaml", "weights.safetensors")]
+            requirements = [f"medseg=={__version__}", f"torch=={torch.__version__.split('+')[0]}"]
+            # "pickle" rather than MLflow's default "pt2": torch.export needs an input example
+            # of a fixed shape, while the network takes any sliding-window size.
+            info = mlflow.pytorch.log_model(
+                network,
+                name="pytorch_model",
+                extra_files=files,
+                pip_requirements=requirements,
+                serialization_format="pickle",
+            )
+            uri.append(info.model_uri)
+            if register:
+                version = self._mlflow.register_model(info.model_uri, register)
+                logger.info("registered model %s version %s", register, version.version)
+
+        self._call(log)
+        return uri[0] if uri else None

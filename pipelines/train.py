@@ -1,18 +1,16 @@
-"""``medseg train``: the training loop with sliding-window validation, checkpoints and MLflow.
+"""``medseg train``: set up a run (data, split, preprocessing, model config), train it with
+``Trainer``, and save the model directory, artifacts and MLflow records.
 
-Randomness is re-seeded from ``train.seed`` at the start of every epoch (network init,
-data order, augmentation, dropout), so a run resumed from an epoch's checkpoint continues
-exactly as the uninterrupted run would, with no random state to save. The caller's global
-torch random state is restored when training returns.
+``--folds all`` trains every fold in turn into ``<output>/fold_<k>`` and writes the
+cross-validation summary; each fold resumes on its own.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
-import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,33 +19,30 @@ import numpy as np
 import torch
 import yaml
 
-from medseg.config import Config, config_to_dict, flatten
+from medseg.config import Config, config_to_dict
 from medseg.datasets import discover
 from medseg.datasets.splits import kfold_splits, load_splits, save_splits
 from medseg.errors import ConfigError
 from medseg.files import write_text_atomic
 from medseg.pipelines.checkpoints import load_checkpoint, save_checkpoint
+from medseg.pipelines.distributed import process_group, process_info
 from medseg.pipelines.inference import resolve_device
-from medseg.pipelines.losses import DeepSupervisionLoss, segmentation_loss
 from medseg.pipelines.model_dir import (
     InferenceSpec,
     ModelConfig,
     NetworkSpec,
-    build_from_config,
+    load_model_dir,
     save_model_dir,
 )
-from medseg.pipelines.optim import make_optimizer, make_scheduler
 from medseg.pipelines.plots import plot_learning_curve
 from medseg.pipelines.postprocess import Postprocessing
-from medseg.pipelines.progress import epoch_progress
 from medseg.pipelines.tracking import Tracker
-from medseg.pipelines.validation import summarise, validate
-from medseg.transforms.presets import Preprocessing, training_transforms, validation_transforms
+from medseg.pipelines.trainer import BEST, LAST, Trainer
+from medseg.transforms.presets import Preprocessing
 
 logger = logging.getLogger(__name__)
 
-LAST = "checkpoint_last.pt"
-BEST = "checkpoint_best.pt"
+SUMMARY = "training_summary.json"
 
 
 @dataclass
@@ -62,25 +57,6 @@ class TrainResult:
     validation_rows: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
     tracking_uri: str | None = None
-
-
-def start_from_prior(network: torch.nn.Module, out_channels: int, prior: float = 0.01) -> None:
-    """Set the output biases so every sigmoid starts at ``prior`` (Lin et al., focal loss).
-
-    Rare regions then start as 'absent' instead of 'everywhere', which a batch Dice
-    otherwise rewards for many early iterations (BraTS ET stayed everywhere for 500 patches).
-    """
-    from medseg.networks import output_layers
-
-    for layer in output_layers(network, out_channels):
-        if layer.bias is not None:
-            torch.nn.init.constant_(layer.bias, float(np.log(prior / (1 - prior))))
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def _preprocessing(config: Config, index: Any, train_cases: list[Any]) -> Preprocessing:
@@ -149,34 +125,6 @@ def _split(config: Config, index: Any, run_dir: Path) -> dict[str, list[str]]:
     return splits[config.data.fold]
 
 
-def _datasets(config: Config, index: Any, model_config: ModelConfig, split: dict) -> tuple:
-    from monai.data import CacheDataset, Dataset, PersistentDataset
-
-    by_id = {case.id: case.as_dict() for case in index.cases}
-    unknown = [c for c in split["train"] + split["val"] if c not in by_id]
-    if unknown:
-        raise ConfigError(f"splits.json names cases not in {index.root}: {', '.join(unknown[:5])}")
-    scheme = index.labels
-    train_transform = training_transforms(
-        model_config.preprocessing,
-        scheme,
-        samples_per_case=config.transforms.samples_per_case,
-        foreground_ratio=config.transforms.foreground_ratio,
-        augment=config.transforms.augment,
-    )
-    val_transform = validation_transforms(model_config.preprocessing, scheme)
-
-    def dataset(ids: list[str], transform: Any) -> Any:
-        cases = [by_id[c] for c in ids]
-        if config.transforms.cache == "memory":
-            return CacheDataset(cases, transform, progress=False)
-        if config.transforms.cache == "disk":
-            return PersistentDataset(cases, transform, cache_dir=Path(config.output) / "cache")
-        return Dataset(cases, transform)
-
-    return dataset(split["train"], train_transform), dataset(split["val"], val_transform)
-
-
 def _write_validation_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -218,159 +166,53 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
     pre = _preprocessing(config, index, [by_id[c] for c in split["train"] if c in by_id])
     model_config = _model_config(config, index, pre)
     device = resolve_device(config.train.device)
-    with torch.random.fork_rng(devices=[]):
-        return _run(config, index, model_config, split, run_dir, device, resume, show_progress)
-
-
-def _run(
-    config: Config,
-    index: Any,
-    model_config: ModelConfig,
-    split: dict[str, list[str]],
-    run_dir: Path,
-    device: torch.device,
-    resume: bool,
-    show_progress: bool,
-) -> TrainResult:
-    from monai.data import DataLoader
-
-    recipe = config.train
-    scheme = index.labels
-    _seed_everything(recipe.seed)
-    network = build_from_config(model_config)
-    if scheme.mode == "regions":
-        start_from_prior(network, scheme.out_channels)
-    network = network.to(device)
-    memory_format = torch.contiguous_format
-    if recipe.channels_last and model_config.network.spatial_dims == 3:
-        # oneDNN and cuDNN run 3D convolutions about a third faster on NDHWC tensors.
-        memory_format = torch.channels_last_3d
-        network = network.to(memory_format=memory_format)
-    train_set, val_set = _datasets(config, index, model_config, split)
-    generator = torch.Generator()
-    loader = DataLoader(
-        train_set,
-        batch_size=recipe.batch_size,
-        shuffle=True,
-        num_workers=recipe.num_workers,
-        generator=generator,
-        drop_last=len(train_set) > recipe.batch_size,
-    )
-    val_loader = DataLoader(val_set, batch_size=1, num_workers=0)
-    steps_per_epoch = recipe.iterations_per_epoch or len(loader)
-    optimizer = make_optimizer(
-        recipe.optimizer, network.parameters(), recipe.lr, recipe.weight_decay
-    )
-    total_steps = steps_per_epoch * recipe.epochs
-    scheduler = make_scheduler(
-        optimizer, total_steps, recipe.warmup_epochs * steps_per_epoch, recipe.schedule
-    )
-    loss_function = DeepSupervisionLoss(segmentation_loss(recipe.loss, scheme)).to(device)
-
-    start_epoch, best_metric, best_epoch, history, run_id = 0, -1.0, -1, [], None
-    if resume:
-        state = load_checkpoint(run_dir / LAST)
-        network.load_state_dict(state["network"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
-        history, run_id = list(state["history"]), state.get("run_id") or None
-    names = list(scheme.foreground)
+    info = process_info()
+    if device.type == "cuda" and info.distributed:
+        device = torch.device("cuda", info.local_rank)
+    state = load_checkpoint(run_dir / LAST) if resume else None
     tracker = Tracker(
-        enabled=config.tracking.enabled,
+        enabled=config.tracking.enabled and info.is_main,
         experiment=config.tracking.experiment,
         run_name=config.tracking.run_name or run_dir.name,
-        run_id=run_id,
+        run_id=(state or {}).get("run_id") or None,
     )
-    rows: list[dict[str, Any]] = []
-    with tracker:
-        if not resume:
-            tracker.log_params(flatten(config_to_dict(config)))
-            tracker.set_tags({"medseg.run_dir": str(run_dir.resolve())})
-        for epoch in range(start_epoch, recipe.epochs):
-            _seed_everything(recipe.seed + epoch)
-            generator.manual_seed(recipe.seed + epoch)
-            train_set.transform.set_random_state(seed=(recipe.seed + epoch) % 2**32)
-            network.train()
-            started = time.perf_counter()
-            losses, samples = [], 0
-            with epoch_progress(epoch, recipe.epochs, steps_per_epoch, show_progress) as advance:
-                batches = iter(loader)
-                for _ in range(steps_per_epoch):
-                    try:
-                        batch = next(batches)
-                    except StopIteration:
-                        batches = iter(loader)
-                        batch = next(batches)
-                    image = batch["image"].as_tensor().to(device, memory_format=memory_format)
-                    target = torch.as_tensor(batch["label"]).as_subclass(torch.Tensor).to(device)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = loss_function(network(image), target)
-                    loss.backward()
-                    if recipe.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(network.parameters(), recipe.grad_clip)
-                    optimizer.step()
-                    scheduler.step()
-                    losses.append(float(loss.detach()))
-                    samples += image.shape[0]
-                    advance(losses[-1])
-            seconds = time.perf_counter() - started
-            metrics = {
-                "train/loss": float(np.mean(losses)),
-                "train/lr": optimizer.param_groups[0]["lr"],
-                "train/samples_per_second": samples / seconds,
-            }
-            validating = (epoch + 1) % recipe.val_every == 0 or epoch + 1 == recipe.epochs
-            if validating:
-                rows = validate(network, val_loader, scheme, model_config.inference, device)
-                metrics |= summarise(rows, names)
-                improved = metrics["val/dice_mean"] > best_metric
-                if improved:
-                    best_metric, best_epoch = metrics["val/dice_mean"], epoch
-                    _save_best(run_dir, model_config, network, rows, epoch, metrics)
-                logger.info(
-                    "epoch %d/%d  loss %.4f  val dice %s  mean %.4f%s",
-                    epoch + 1,
-                    recipe.epochs,
-                    metrics["train/loss"],
-                    " ".join(f"{n} {metrics[f'val/dice/{n}']:.3f}" for n in names),
-                    metrics["val/dice_mean"],
-                    "  (best)" if improved else "",
-                )
-            history.append({"epoch": epoch, **metrics})
-            tracker.log_metrics(metrics, step=epoch)
-            save_checkpoint(
-                run_dir / LAST,
-                {
-                    "network": network.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "best_metric": best_metric,
-                    "best_epoch": best_epoch,
-                    "history": history,
-                    "run_id": tracker.run_id or "",
-                },
-            )
-        plot_learning_curve(run_dir / "learning_curve.png", history)
-        for artifact in ("config.yaml", "splits.json", "validation.csv", "learning_curve.png"):
-            if (run_dir / artifact).exists():
-                tracker.log_artifact(run_dir / artifact)
-        tracker.log_artifact(run_dir / "model", "model")
-        tracker.log_metrics(
-            {"best/val_dice_mean": best_metric, "best/epoch": best_epoch}, step=recipe.epochs
-        )
+    with process_group(info, device), torch.random.fork_rng(devices=[]), tracker:
+        trainer = Trainer(config, index, model_config, split, run_dir, device, info, show_progress)
+
+        def on_best(network: Any, rows: list, epoch: int, metrics: dict) -> None:
+            _save_best(run_dir, model_config, network, rows, epoch, metrics)
+
+        outcome = trainer.run(state, tracker, on_best)
+        if info.is_main:
+            _finish(run_dir, config, outcome, tracker)
+            best = [row for row in outcome["history"] if row["epoch"] == outcome["best_epoch"]]
+            summary = {k: outcome[k] for k in ("best_metric", "best_epoch")}
+            summary["validation"] = best[0] if best else {}
+            write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=1))
     return TrainResult(
         run_dir=run_dir,
         model_dir=run_dir / "model",
-        best_metric=best_metric,
-        best_epoch=best_epoch,
-        history=history,
-        validation_rows=rows,
+        best_metric=outcome["best_metric"],
+        best_epoch=outcome["best_epoch"],
+        history=outcome["history"],
+        validation_rows=outcome["rows"],
         run_id=tracker.run_id,
         tracking_uri=tracker.uri if tracker.run_id else None,
     )
+
+
+def _finish(run_dir: Path, config: Config, outcome: dict[str, Any], tracker: Tracker) -> None:
+    """Plots and artifacts at the end of a run, and the model in MLflow (registered if asked)."""
+    plot_learning_curve(run_dir / "learning_curve.png", outcome["history"])
+    for artifact in ("config.yaml", "splits.json", "validation.csv", "learning_curve.png"):
+        if (run_dir / artifact).exists():
+            tracker.log_artifact(run_dir / artifact)
+    tracker.log_artifact(run_dir / "model", "model")
+    best = {"best/val_dice_mean": outcome["best_metric"], "best/epoch": outcome["best_epoch"]}
+    tracker.log_metrics(best, step=config.train.total_epochs)
+    if tracker.active and (run_dir / "model").is_dir():
+        _, network = load_model_dir(run_dir / "model")
+        tracker.log_model(run_dir / "model", network, register=config.train.register)
 
 
 def _save_best(
@@ -384,7 +226,47 @@ def _save_best(
     save_checkpoint(run_dir / BEST, {"network": network.state_dict(), "epoch": epoch})
     validation = {k: round(v, 5) for k, v in metrics.items() if k.startswith("val/")}
     provenance = model_config.provenance | {"epoch": epoch, "validation": validation}
-    save_model_dir(
-        run_dir / "model", model_config.model_copy(update={"provenance": provenance}), network
-    )
+    options = dict(model_config.network.options)
+    if hasattr(network, "mode"):
+        options["mode"] = network.mode  # a staged run's best may come from its 2D stage
+    update = {
+        "provenance": provenance,
+        "network": model_config.network.model_copy(update={"options": options}),
+    }
+    save_model_dir(run_dir / "model", model_config.model_copy(update=update), network)
     _write_validation_csv(run_dir / "validation.csv", rows)
+
+
+def train_folds(config: Config, *, show_progress: bool = True) -> dict[str, Any]:
+    """Train every fold of ``config.data.folds`` into ``<output>/fold_<k>``, each resumed if
+    interrupted and skipped if finished, then write ``cross_validation.json``: the best
+    validation Dice per structure for each fold, with the mean and std over folds.
+
+    ``medseg predict <output>`` then ensembles the folds' models.
+    """
+    root = Path(config.output)
+    folds = []
+    for fold in range(config.data.folds):
+        fold_dir = root / f"fold_{fold}"
+        if not (fold_dir / SUMMARY).exists():
+            fold_config = config.model_copy(
+                update={"output": fold_dir, "data": config.data.model_copy(update={"fold": fold})}
+            )
+            train(fold_config, resume=(fold_dir / LAST).exists(), show_progress=show_progress)
+        summary = json.loads((fold_dir / SUMMARY).read_text(encoding="utf-8"))
+        dice = {
+            key.removeprefix("val/dice/"): value
+            for key, value in summary["validation"].items()
+            if key.startswith("val/dice/")
+        }
+        folds.append({"fold": fold, "dice_mean": summary["best_metric"], "dice": dice})
+    names = list(folds[0]["dice"])
+    table = {name: [f["dice"][name] for f in folds] for name in names}
+    table["mean"] = [f["dice_mean"] for f in folds]
+    result = {
+        "folds": folds,
+        "mean": {k: float(np.mean(v)) for k, v in table.items()},
+        "std": {k: float(np.std(v)) for k, v in table.items()},
+    }
+    write_text_atomic(root / "cross_validation.json", json.dumps(result, indent=1))
+    return result

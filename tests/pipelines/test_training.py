@@ -1,0 +1,196 @@
+"""Training is resumable to the bit, data-parallel without changing the numbers, tracked in
+MLflow (even when the server is down), registrable, and cross-validated on request."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+MEDSEG = str(Path(sys.executable).with_name("medseg"))
+# One thread in every process, so a run and its resumed or data-parallel twin add up
+# floating-point numbers in the same order.
+SERIAL = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def small_brats(tmp_path_factory):
+    from medseg.datasets.synthetic import synthesize
+
+    root = tmp_path_factory.mktemp("small_brats")
+    synthesize("brats", root, cases=5, shape=(32, 32, 24), seed=11)
+    return root
+
+
+def write_config(folder: Path, root: Path, **sections) -> Path:
+    """A tiny BraTS run in ``folder``; each keyword updates that config section."""
+    config = {
+        "data": {"layout": "brats", "root": str(root), "folds": 5},
+        "network": {"name": "unetpp", "preset": "tiny", "options": {"features": [4, 8, 16]}},
+        "transforms": {"patch_size": [16, 16, 16], "samples_per_case": 2},
+        "train": {"epochs": 4, "batch_size": 2, "lr": 0.01, "val_every": 2},
+        "infer": {"overlap": 0.25, "sw_batch_size": 4},
+        "output": str(folder / "run"),
+        "tracking": {"enabled": False},
+    }
+    for section, values in sections.items():
+        config[section] = config[section] | values
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run(*args, env=None, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [MEDSEG, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=os.environ | SERIAL | (env or {}),
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["network"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, small_brats):
+    whole = (
+        write_config(tmp_path / "whole", small_brats)
+        if (tmp_path / "whole").mkdir() is None
+        else None
+    )
+    run("train", whole)
+    (tmp_path / "killed").mkdir()
+    killed = write_config(tmp_path / "killed", small_brats)
+    process = subprocess.Popen(
+        [MEDSEG, "train", str(killed)],
+        env=os.environ | SERIAL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoint = tmp_path / "killed" / "run" / "checkpoint_last.pt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not checkpoint.exists():
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert interrupted_at < 3
+    run("train", "--resume", tmp_path / "killed" / "run")
+    expected, resumed = (
+        final_weights(tmp_path / "whole" / "run"),
+        final_weights(tmp_path / "killed" / "run"),
+    )
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_follows_the_single_process_loss_curve(tmp_path, small_brats):
+    # Cross-entropy is a mean over voxels, so half-batches averaged across ranks equal the
+    # whole batch; a batch Dice would not split that way.
+    for name in ("single", "ddp"):
+        write_config(tmp_path / name, small_brats, train={"loss": "ce", "epochs": 3})
+    run("train", tmp_path / "single" / "config.yaml")
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+    ]
+    distributed = subprocess.run(
+        [*torchrun, "-m", "medseg", "train", str(tmp_path / "ddp" / "config.yaml")],
+        capture_output=True,
+        text=True,
+        env=os.environ | SERIAL,
+    )
+    assert distributed.returncode == 0, distributed.stderr[-2000:]
+    curves = [
+        [
+            row["train/loss"]
+            for row in torch.load(tmp_path / n / "run" / "checkpoint_last.pt", weights_only=True)[
+                "history"
+            ]
+        ]
+        for n in ("single", "ddp")
+    ]
+    assert len(curves[0]) == 3
+    torch.testing.assert_close(
+        torch.tensor(curves[1]), torch.tensor(curves[0]), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_unreachable_tracking_server_does_not_stop_training(tmp_path, small_brats):
+    config = write_config(
+        tmp_path, small_brats, train={"epochs": 1}, tracking={"enabled": True, "experiment": "x"}
+    )
+    result = run("train", config, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert "continuing without tracking" in result.stderr
+    assert result.stderr.count("continuing without tracking") == 1
+    assert (tmp_path / "run" / "model" / "weights.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_registered_model_predicts_from_a_fresh_directory(tmp_path, small_brats):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": store}
+    config = write_config(
+        tmp_path, small_brats, train={"epochs": 1}, tracking={"enabled": True, "experiment": "reg"}
+    )
+    run("train", config, "--register", "brats-tiny", env=env)
+    fresh = tmp_path / "elsewhere"
+    fresh.mkdir()
+    result = subprocess.run(
+        [
+            MEDSEG,
+            "predict",
+            "models:/brats-tiny/1",
+            str(small_brats / "BraTS2021_00000"),
+            "--output",
+            "out",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=fresh,
+        env=os.environ | SERIAL | env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (fresh / "out" / "BraTS2021_00000.nii.gz").is_file()
+
+
+@pytest.mark.slow
+def test_cross_validation_trains_every_fold_and_summarises(tmp_path, small_brats):
+    config = write_config(
+        tmp_path,
+        small_brats,
+        train={"epochs": 1},
+        data={"folds": 2},
+    )
+    run("train", config, "--folds", "all")
+    summary = json.loads((tmp_path / "run" / "cross_validation.json").read_text())
+    assert [fold["fold"] for fold in summary["folds"]] == [0, 1]
+    assert set(summary["mean"]) == {"TC", "WT", "ET", "mean"}
+    assert all((tmp_path / "run" / f"fold_{k}" / "model" / "config.yaml").is_file() for k in (0, 1))
+    run("train", "--resume", tmp_path / "run", "--folds", "all")  # finished folds are skipped
+    predicted = run(
+        "predict", tmp_path / "run", small_brats / "BraTS2021_00001", "--output", tmp_path / "out"
+    )
+    assert "1 segmented" in predicted.stdout
