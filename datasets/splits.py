@@ -1,4 +1,4 @@
-"""Deterministic k-fold splits from a seed, grouped by patient, saved to and read from JSON."""
+"""Deterministic k-fold and hold-out splits from a seed, grouped by patient, kept in JSON."""
 
 from __future__ import annotations
 
@@ -46,6 +46,33 @@ def kfold_splits(
         train = sorted(c for name, ids in groups.items() if assignment[name] != fold for c in ids)
         splits.append({"train": train, "val": val})
     return splits
+
+
+def holdout_split(
+    case_ids: Sequence[str],
+    fraction: float,
+    seed: int,
+    group: Callable[[str], str] = patient_of,
+) -> dict[str, list[str]]:
+    """Hold out about ``fraction`` of the patients of ``case_ids`` for validation.
+
+    Returns ``{"train": [...], "val": [...]}`` (ids sorted): whole groups on each side,
+    shuffled by ``seed``, at least one group on each side. Raises ``ConfigError`` for a
+    fraction outside (0, 1) or fewer than two groups.
+    """
+    if not 0 < fraction < 1:
+        raise ConfigError(f"hold-out fraction {fraction} must lie strictly between 0 and 1")
+    groups: dict[str, list[str]] = {}
+    for case_id in sorted(case_ids):
+        groups.setdefault(group(case_id), []).append(case_id)
+    if len(groups) < 2:
+        raise ConfigError(f"{len(groups)} patient(s) cannot be split into training and hold-out")
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    held = min(len(order) - 1, max(1, round(fraction * len(order))))
+    val = sorted(c for name in order[:held] for c in groups[name])
+    train = sorted(c for name in order[held:] for c in groups[name])
+    return {"train": train, "val": val}
 
 
 def save_splits(path: Path, splits: list[dict[str, list[str]]]) -> None:

@@ -62,8 +62,10 @@ CT_BODY_THRESHOLD = -500.0
 
 
 def _load(keys: list[str]) -> list[Any]:
+    from medseg.transforms.readers import image_readers
+
     return [
-        mt.LoadImaged(keys, ensure_channel_first=True, image_only=True),
+        mt.LoadImaged(keys, reader=image_readers(), ensure_channel_first=True, image_only=True),
         mt.EnsureTyped(keys, dtype=np.float32, track_meta=True),
     ]
 
@@ -112,6 +114,9 @@ def _intensity(pre: Preprocessing) -> list[Any]:
         return [mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True)]
     if pre.modality == "ct":
         stats = pre.intensity
+        missing = {"window_low", "window_high", "mean", "std"} - set(stats)
+        if missing:
+            raise ValueError(f"CT preprocessing needs fitted statistics; missing {sorted(missing)}")
         return [
             mt.ThresholdIntensityd(
                 "image", threshold=stats["window_high"], above=False, cval=stats["window_high"]
