@@ -57,23 +57,28 @@ def main_options(
         handlers=[handler],
         force=True,
     )
-    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL"):
+    # MONAI's LoadImage logs an INFO line for every reader that declines a file.
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "LoadImage", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    # soft_wrap: long paths stay whole on one line instead of being broken at the width.
+    return Console(soft_wrap=True)
 
 
 @app.command()
 def synth(
-    layout: Annotated[str, typer.Argument(help="Layout to write: brats.")],
+    layout: Annotated[
+        str, typer.Argument(help="Layout to write: brats, lits, msd, nnunet, em or isic.")
+    ],
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the cases into.")],
     cases: Annotated[int, typer.Option(min=1, help="Number of cases.")] = 4,
     shape: Annotated[
-        str | None, typer.Option(help="Volume size X Y Z (default: the real dataset's).")
+        str | None,
+        typer.Option(help="Size X Y [Z] (default: the real dataset's, e.g. 240 240 155)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; case i is the same for any N.")] = 0,
 ) -> None:
@@ -100,7 +105,7 @@ def check(
     """Report every unusable case of a dataset at once (exit 0 clean, 1 problems found)."""
     from medseg.datasets import discover
 
-    index = discover(layout, directory)
+    index = discover(layout, directory, validate=True)
     console = _console()
     for problem in index.problems:
         console.print(f"[red]problem[/red] {problem}", highlight=False)
@@ -153,7 +158,7 @@ def train(
         summary = training.train_folds(settings)
         for name in summary["mean"]:
             console.print(
-                f"{name}: {summary['mean'][name]:.4f} ± {summary['std'][name]:.4f} over "
+                f"{name}: {summary['mean'][name]:.4f} +/- {summary['std'][name]:.4f} over "
                 f"{len(summary['folds'])} folds",
                 highlight=False,
             )
@@ -292,6 +297,98 @@ def evaluate(
         track_evaluation(result)
     if result.problems:
         raise typer.Exit(1)
+
+
+@app.command()
+def prune(
+    model: Annotated[str, typer.Argument(help="A trained UNet++ model (directory or URI).")],
+    data: Annotated[Path, typer.Argument(help="Labelled cases to measure on (dataset folder).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the report and model/.")
+    ],
+    tolerance: Annotated[
+        float,
+        typer.Option(min=0.0, help="Mean Dice the chosen level may lose against the deepest."),
+    ] = 0.01,
+    levels: Annotated[str | None, typer.Option(help="Levels to measure, e.g. 1,2,3,4.")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per case and level.")] = 3,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
+    layout: Annotated[
+        str | None, typer.Option(help="Layout of DATA (default: the model's).")
+    ] = None,
+    track: Annotated[bool, typer.Option(help="Log the table, plot and level to MLflow.")] = False,
+) -> None:
+    """Measure every UNet++ pruning level and write the smallest that keeps the Dice."""
+    from medseg.pipelines.prune import parse_levels
+    from medseg.pipelines.prune import prune as run_pruning
+    from medseg.pipelines.prune_report import pruning_table, track_pruning
+
+    result = run_pruning(
+        model,
+        data,
+        output,
+        tolerance=tolerance,
+        levels=parse_levels(levels) if levels else None,
+        repeats=repeats,
+        device=device,
+        precision=precision,
+        layout=layout,
+        show_progress=True,
+    )
+    console = _console()
+    console.print(pruning_table(result))
+    console.print(
+        f"chosen level L{result.chosen_level}; pruned model: {result.paths['model']}",
+        highlight=False,
+    )
+    if track:
+        track_pruning(result)
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="Model directory, checkpoint or MLflow URI.")],
+    format_: Annotated[
+        str, typer.Option("--format", "-f", help="torchscript or onnx.")
+    ] = "torchscript",
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the exported files.")
+    ] = Path("export"),
+    prune_level: Annotated[
+        int | None, typer.Option(min=1, max=4, help="UNet++: export head L only.")
+    ] = None,
+) -> None:
+    """Write a file that runs without medseg, checked against medseg's own forward."""
+    if format_ not in ("torchscript", "onnx"):
+        raise typer.BadParameter("use torchscript or onnx", param_hint="--format")
+    from medseg.pipelines.export import export_model
+
+    result = export_model(model, format_, output, prune_level=prune_level)
+    console = _console()
+    console.print(f"wrote {result.file} and {result.preprocessing}", highlight=False)
+    console.print(
+        f"checked against medseg's forward on {list(result.input_shape)}: "
+        f"max abs error {result.max_abs_error:.2e}",
+        highlight=False,
+    )
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Argument(help="Model directory, checkpoint or MLflow URI.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Network, parameters, labels, preprocessing, training metrics and provenance."""
+    from medseg.pipelines.info import info_table, model_info
+
+    details = model_info(model)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(details, indent=2))
+        return
+    _console().print(info_table(details))
 
 
 def _print_evaluation(result: Any) -> None:

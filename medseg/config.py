@@ -25,13 +25,20 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Where the cases are and how they are split into training and validation."""
+    """Where the cases are and how they are split into training and validation.
+
+    ``datalist`` (a MONAI-style JSON, paths relative to ``root``) replaces discovery;
+    ``labels`` names the label values of a ``folder`` layout (``{liver: 1, tumour: 2}``);
+    ``holdout`` (a fraction) replaces the k-fold split with one hold-out split.
+    """
 
     layout: Layout
     root: Path
     datalist: Path | None = None
+    labels: dict[str, int] | None = None
     fold: int = Field(0, ge=0)
     folds: int = Field(5, ge=2)
+    holdout: float | None = Field(None, gt=0, lt=1)
     split_seed: int = 0
 
     @field_validator("fold")

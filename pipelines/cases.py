@@ -7,15 +7,14 @@ from pathlib import Path
 
 from medseg.datasets import LAYOUTS, discover
 from medseg.datasets.base import Case
+from medseg.datasets.headers import IMAGE_SUFFIXES
 from medseg.errors import ConfigError
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 
 
 def strip_suffix(path: Path) -> str:
     """The file name without its image suffix: ``a/b/case_1.nii.gz`` -> ``case_1``."""
     for suffix in IMAGE_SUFFIXES:
-        if path.name.endswith(suffix):
+        if path.name.lower().endswith(suffix):
             return path.name[: -len(suffix)]
     return path.stem
 
@@ -46,7 +45,8 @@ def collect_cases(inputs: list[str], layout: str) -> list[Case]:
 
     A file is one case (its id is the name without suffix); a folder is read in the
     model's ``layout`` when it is one (a BraTS root or case folder gives multi-channel
-    cases) and otherwise as a folder of image files; other text is a glob. Raises
+    cases), else as a folder of image files, else as one DICOM series (the largest when
+    there are several); other text is a glob. Raises
     ``ConfigError`` for an input that matches nothing or a folder with no image.
     """
     cases: list[Case] = []

@@ -89,6 +89,15 @@ class Segmenter:
             ):
                 raise ConfigError("ensembled models must share preprocessing and labels")
         self.networks = [network.to(device).eval() for _, network in models]
+        if prune_level is not None:
+            for network in self.networks:
+                levels = getattr(network, "levels", None)
+                if levels is None:
+                    raise ConfigError("--prune-level applies to UNet++ models only")
+                if prune_level > levels:
+                    raise ConfigError(
+                        f"--prune-level {prune_level}: this model has levels 1..{levels}"
+                    )
         self.scheme = self.config.scheme
         self.device = device
         self.overlap = self.config.inference.overlap if overlap is None else overlap
@@ -100,8 +109,34 @@ class Segmenter:
         self.transform = inference_transforms(self.config.preprocessing)
         self.invert = Invertd("pred", self.transform, orig_keys="image", nearest_interp=False)
 
+    def check(self, case: Case) -> None:
+        """Refuse, before reading any voxel, a case whose files are unreadable, truncated,
+        of differing shapes, or too large for the memory this machine has (``CaseError``)."""
+        from medseg.datasets.headers import UnusableImageError, inspect_image
+        from medseg.pipelines.resources import available_memory, prediction_bytes
+
+        headers = []
+        for path in case.image:
+            try:
+                headers.append(inspect_image(path))
+            except UnusableImageError as error:
+                raise CaseError(f"{path}: {error}") from None
+        shapes = {header.shape for header in headers}
+        if len(shapes) > 1:
+            raise CaseError(f"{case.image[0]}: channels differ in shape ({sorted(shapes)})")
+        needed = prediction_bytes(
+            headers[0].shape, self.config.network.in_channels, self.config.network.out_channels
+        )
+        available = available_memory()
+        if available is not None and needed > available:
+            raise CaseError(
+                f"{case.image[0]}: {headers[0].shape} needs about {needed / 2**30:.1f} GB to "
+                f"segment, {available / 2**30:.1f} GB is available; crop it or use a larger machine"
+            )
+
     def load(self, case: Case) -> dict[str, Any]:
-        """Read and preprocess ``case``; ``CaseError`` naming the file when it cannot be used."""
+        """Check and preprocess ``case``; ``CaseError`` naming the file when it cannot be used."""
+        self.check(case)
         source = [str(p) for p in case.image] if len(case.image) > 1 else str(case.image[0])
         try:
             data = self.transform({"image": source})

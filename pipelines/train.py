@@ -103,26 +103,54 @@ def _model_config(config: Config, index: Any, pre: Preprocessing) -> ModelConfig
         sw_batch_size=config.infer.sw_batch_size,
         mode=config.infer.mode,
     )
+    from medseg.pipelines.provenance import dataset_fingerprint, git_commit
+
     postprocessing = Postprocessing.model_validate(config.postprocess.model_dump())
     postprocessing.check(index.labels)
+    provenance = {
+        "git_commit": git_commit(),
+        "dataset_fingerprint": dataset_fingerprint(index.datalist()),
+        "dataset": str(config.data.root),
+        "fold": None if config.data.holdout else config.data.fold,
+    }
     return ModelConfig(
         network=network,
         preprocessing=pre,
         labels=index.labels.to_dict(),
         inference=inference,
         postprocessing=postprocessing,
+        provenance=provenance,
     )
 
 
+def discover_training_data(config: Config) -> Any:
+    """The dataset index a run trains on: the layout's discovery, the config's label names
+    for a ``folder`` layout, and the cases of ``data.datalist`` when one is given."""
+    from medseg.datasets.datalist import load_datalist
+
+    options = {}
+    if config.data.layout == "folder":
+        options = {"labels": config.data.labels, "modality": config.transforms.modality}
+    index = discover(config.data.layout, config.data.root, **options)
+    if config.data.datalist is not None:
+        index.cases = load_datalist(config.data.datalist, config.data.root)
+    return index
+
+
 def _split(config: Config, index: Any, run_dir: Path) -> dict[str, list[str]]:
+    from medseg.datasets.splits import holdout_split
+
     path = run_dir / "splits.json"
     if path.exists():
         splits = load_splits(path)
     else:
         ids = [case.id for case in index.cases]
-        splits = kfold_splits(ids, config.data.folds, config.data.split_seed)
+        if config.data.holdout:
+            splits = [holdout_split(ids, config.data.holdout, config.data.split_seed)]
+        else:
+            splits = kfold_splits(ids, config.data.folds, config.data.split_seed)
         save_splits(path, splits)
-    return splits[config.data.fold]
+    return splits[0 if config.data.holdout else config.data.fold]
 
 
 def _write_validation_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -150,7 +178,11 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
         raise ConfigError(
             f"{run_dir}: already holds a training run; use --resume {run_dir} or another output"
         )
-    index = discover(config.data.layout, config.data.root)
+    if config.train.prune and config.network.name != "unetpp":
+        raise ConfigError(
+            f"train.prune measures UNet++ pruning levels; {config.network.name} has none"
+        )
+    index = discover_training_data(config)
     if index.problems:
         listed = "; ".join(str(p) for p in index.problems[:3])
         more = f" and {len(index.problems) - 3} more" if len(index.problems) > 3 else ""
@@ -185,6 +217,13 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
         outcome = trainer.run(state, tracker, on_best)
         if info.is_main:
             _finish(run_dir, config, outcome, tracker)
+            if config.train.prune:
+                from medseg.pipelines.prune import prune_after_training
+
+                val_cases = [by_id[c] for c in split["val"]]
+                prune_after_training(
+                    run_dir / "model", val_cases, tracker, device=config.train.device
+                )
             best = [row for row in outcome["history"] if row["epoch"] == outcome["best_epoch"]]
             summary = {k: outcome[k] for k in ("best_metric", "best_epoch")}
             summary["validation"] = best[0] if best else {}

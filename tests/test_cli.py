@@ -24,13 +24,17 @@ def write_config(path: Path, config: dict) -> Path:
 
 def test_help_answers_fast_without_heavy_imports():
     started = time.perf_counter()
-    result = subprocess.run([MEDSEG, "--help"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [MEDSEG, "--help"], capture_output=True, text=True, encoding="utf-8", check=False
+    )
     elapsed = time.perf_counter() - started
     assert result.returncode == 0
     assert "train" in result.stdout and "predict" in result.stdout
     assert elapsed < 3.0
     probe = "import sys, medseg.cli; print(sorted({'torch', 'monai', 'mlflow'} & set(sys.modules)))"
-    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    imported = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, encoding="utf-8"
+    )
     assert imported.stdout.strip() == "[]"
 
 

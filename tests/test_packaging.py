@@ -61,6 +61,7 @@ def test_installed_package_maps_the_folders():
         ],
         capture_output=True,
         text=True,
+        encoding="utf-8",
         cwd=ROOT.parent,
     )
     assert str(ROOT) not in probe.stdout

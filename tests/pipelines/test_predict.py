@@ -118,7 +118,7 @@ def test_rerun_after_sigkill_completes_the_batch_with_valid_files(
     process.wait()
     finished_before = len(list(output.glob("BraTS*.nii.gz")))
     assert 2 <= finished_before < 6
-    rerun = subprocess.run(command, capture_output=True, text=True)
+    rerun = subprocess.run(command, capture_output=True, text=True, encoding="utf-8")
     assert rerun.returncode == 0, rerun.stderr
     report = json.loads((output / "predict_report.json").read_text())
     assert sum(c["status"] == "skipped" for c in report["cases"]) == finished_before

@@ -54,6 +54,7 @@ def run(*args, env=None, check=True) -> subprocess.CompletedProcess:
         [MEDSEG, *map(str, args)],
         capture_output=True,
         text=True,
+        encoding="utf-8",
         env=os.environ | SERIAL | (env or {}),
     )
     if check:
@@ -120,6 +121,7 @@ def test_two_process_gloo_run_follows_the_single_process_loss_curve(tmp_path, sm
         [*torchrun, "-m", "medseg", "train", str(tmp_path / "ddp" / "config.yaml")],
         capture_output=True,
         text=True,
+        encoding="utf-8",
         env=os.environ | SERIAL,
     )
     assert distributed.returncode == 0, distributed.stderr[-2000:]
@@ -169,6 +171,7 @@ def test_registered_model_predicts_from_a_fresh_directory(tmp_path, small_brats)
         ],
         capture_output=True,
         text=True,
+        encoding="utf-8",
         cwd=fresh,
         env=os.environ | SERIAL | env,
     )
