@@ -10,6 +10,7 @@ them, so the headers of two formats compare directly. The readers in
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from medseg.datasets.completeness import (
     check_nifti_complete,
     check_tiff_complete,
 )
+
+logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img.gz", ".img")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -292,15 +295,44 @@ def _itk_geometry(
 
 def dicom_series_files(folder: Path) -> list[str]:
     """The files of the DICOM series in ``folder``, in slice order; the series with the most
-    files when there are several (a scout or a dose report beside the scan).
+    files when there are several (a scout or a dose report beside the scan), with a warning.
 
-    Raises ``UnusableImageError`` when the folder holds no DICOM series.
+    Raises ``UnusableImageError`` when the folder holds no DICOM series, or when the chosen
+    series has a gap between slice positions (a missing slice: SimpleITK would only warn
+    and stack the slices as if they were evenly spaced).
     """
     series = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not series:
         raise UnusableImageError("no DICOM series in the folder")
     candidates = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series]
-    return list(max(candidates, key=len))
+    files = list(max(candidates, key=len))
+    if len(series) > 1:
+        logger.warning(
+            "%s: %d DICOM series; using the largest (%d files)", folder, len(series), len(files)
+        )
+    _require_even_slices(files)
+    return files
+
+
+def _require_even_slices(files: Sequence[str]) -> None:
+    positions = []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.ReadImageInformation()
+        if not reader.HasMetaDataKey("0020|0032"):
+            return  # no positions to compare (a single multi-frame file, say)
+        positions.append([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+    if len(positions) < 3:
+        return
+    steps = np.linalg.norm(np.diff(np.asarray(positions), axis=0), axis=1)
+    typical = float(np.median(steps))
+    if typical > 0 and steps.max() > 1.5 * typical:
+        gap = int(steps.argmax())
+        raise UnusableImageError(
+            f"slice gap of {steps.max():.2f} mm after {Path(files[gap]).name} where slices are "
+            f"{typical:.2f} mm apart (missing slices?)"
+        )
 
 
 def read_dicom_series(folder: Path) -> sitk.Image:

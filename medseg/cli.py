@@ -141,7 +141,7 @@ def train(
 
     overrides = list(set_ or [])
     if register:
-        overrides.append(f"train.register={register}")
+        overrides.append(f"train.register_as={register}")
     if folds not in (None, "all"):
         raise typer.BadParameter("only 'all' is supported; pick one fold with --set data.fold=K")
     if resume is not None:
@@ -432,6 +432,10 @@ def _join_shape_arguments(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Entry point of the ``medseg`` console script."""
+    import warnings
+
+    # MONAI warns on every reader set-up that an optional GPU DICOM decoder is absent.
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     try:
         app(args=_join_shape_arguments(sys.argv[1:]), prog_name="medseg", standalone_mode=True)
     except MedsegError as error:

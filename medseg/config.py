@@ -144,7 +144,8 @@ class TrainConfig(_Section):
     ``accumulate`` steps are summed before each update; ``precision`` is the CUDA mixed
     precision (``auto``: bf16 where supported, else fp16 with a gradient scaler; the CPU
     always runs fp32); ``early_stopping`` stops after that many validations without
-    improvement; ``stages`` replaces ``epochs`` with a staged schedule.
+    improvement; ``stages`` replaces ``epochs`` with a staged schedule; ``register_as`` names
+    the model in the MLflow registry; ``prune`` runs UNet++ level selection at the end.
     """
 
     epochs: int = Field(100, ge=1)
@@ -167,7 +168,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True
     stages: list[StageConfig] | None = None
-    register: str | None = None
+    register_as: str | None = None
     prune: bool = False
 
     @property

@@ -9,6 +9,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+# Read once: os.umask can only be read by setting it, which is not safe while a writer
+# thread creates files.
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
@@ -26,6 +37,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield temporary
         with temporary.open("rb+") as handle:
             os.fsync(handle.fileno())
+        # mkstemp creates 0600; give the file the mode a plain open() would (umask applied).
+        temporary.chmod(0o666 & ~_UMASK)
         temporary.replace(target)
     finally:
         temporary.unlink(missing_ok=True)

@@ -36,8 +36,19 @@ def _folder_cases(folder: Path, layout: str) -> list[Case]:
             return discover(layout, folder, need_labels=False).cases
         except ConfigError:
             pass  # not a folder of this layout: read it as a folder of image files
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not _is_dicom(p)
+    )
+    if not files and _holds_dicom_series(folder):
+        return [Case(folder.name, (folder,))]
     return [Case(strip_suffix(p), (p,)) for p in files]
+
+
+def _is_dicom(path: Path) -> bool:
+    # DICOM slices are parts of a series (the folder is the case), never cases of their own.
+    return path.name.lower().endswith(".dcm")
 
 
 def collect_cases(inputs: list[str], layout: str) -> list[Case]:
@@ -70,3 +81,9 @@ def collect_cases(inputs: list[str], layout: str) -> list[Case]:
                     seen[case.id] = case.image[0]
                     cases.append(case)
     return cases
+
+
+def _holds_dicom_series(folder: Path) -> bool:
+    import SimpleITK as sitk
+
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))

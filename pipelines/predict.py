@@ -72,6 +72,18 @@ def open_models(spec: str) -> list[tuple[Any, Any]]:
     return [open_model(part) for part in parts]
 
 
+def require_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written there (``ConfigError``)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".medseg-probe-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{folder}: cannot write there ({error.strerror or error})") from None
+
+
 def shard(cases: list[Case]) -> tuple[list[Case], int, int]:
     """This process's share of ``cases`` under ``torchrun`` (RANK, WORLD_SIZE), with both."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -112,7 +124,7 @@ def predict(
     }
     if output_dir.resolve() in input_folders:
         raise ConfigError(f"{output_dir}: is an input folder; choose another --output")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    require_writable(output_dir)
     target_device = resolve_device(device)
     segmenter = Segmenter(
         models,

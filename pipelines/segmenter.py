@@ -21,6 +21,17 @@ from medseg.transforms.labels import probabilities
 from medseg.transforms.presets import inference_transforms
 
 
+def nib_shape(path: Path) -> tuple[int, ...] | None:
+    """The spatial shape a NIfTI header declares (no voxel is read); None when the header
+    cannot be read (``inspect_image`` then names the reason)."""
+    import nibabel as nib
+
+    try:
+        return tuple(int(size) for size in nib.load(path).shape[:3])
+    except Exception:  # any unreadable header; reported by the full check that follows
+        return None
+
+
 def case_error(error: BaseException, path: Path) -> CaseError:
     """The ``CaseError`` behind ``error`` (MONAI's ``Compose`` wraps what a transform raises
     in ``RuntimeError``s), or a new one naming ``path`` with the innermost message."""
@@ -110,11 +121,15 @@ class Segmenter:
         self.invert = Invertd("pred", self.transform, orig_keys="image", nearest_interp=False)
 
     def check(self, case: Case) -> None:
-        """Refuse, before reading any voxel, a case whose files are unreadable, truncated,
-        of differing shapes, or too large for the memory this machine has (``CaseError``)."""
+        """Refuse, before reading any voxel, a case too large for the memory this machine has
+        or whose files are unreadable, truncated or of differing shapes (``CaseError``)."""
         from medseg.datasets.headers import UnusableImageError, inspect_image
-        from medseg.pipelines.resources import available_memory, prediction_bytes
 
+        first = case.image[0]
+        declared = nib_shape(first) if first.name.endswith((".nii", ".nii.gz")) else None
+        if declared is not None:
+            # The header alone gives the size, before the truncation check reads the data.
+            self._check_memory(first, declared)
         headers = []
         for path in case.image:
             try:
@@ -123,15 +138,28 @@ class Segmenter:
                 raise CaseError(f"{path}: {error}") from None
         shapes = {header.shape for header in headers}
         if len(shapes) > 1:
-            raise CaseError(f"{case.image[0]}: channels differ in shape ({sorted(shapes)})")
-        needed = prediction_bytes(
-            headers[0].shape, self.config.network.in_channels, self.config.network.out_channels
-        )
+            raise CaseError(f"{first}: channels differ in shape ({sorted(shapes)})")
+        shape = headers[0].shape
+        if 0 in shape:
+            raise CaseError(f"{first}: has a zero-size dimension {tuple(shape)}")
+        expected = self.config.preprocessing.spatial_dims
+        if len(shape) != expected:
+            kind = "volumes" if expected == 3 else "2D images"
+            raise CaseError(
+                f"{first}: a {len(shape)}D image {tuple(shape)}; this model segments {kind}"
+            )
+        self._check_memory(first, shape)
+
+    def _check_memory(self, path: Path, shape: tuple[int, ...]) -> None:
+        from medseg.pipelines.resources import available_memory, prediction_bytes
+
+        network = self.config.network
+        needed = prediction_bytes(shape, network.in_channels, network.out_channels)
         available = available_memory()
         if available is not None and needed > available:
             raise CaseError(
-                f"{case.image[0]}: {headers[0].shape} needs about {needed / 2**30:.1f} GB to "
-                f"segment, {available / 2**30:.1f} GB is available; crop it or use a larger machine"
+                f"{path}: {tuple(shape)} needs about {needed / 2**30:.1f} GB to segment, "
+                f"{available / 2**30:.1f} GB is available; crop it or use a larger machine"
             )
 
     def load(self, case: Case) -> dict[str, Any]:

@@ -131,7 +131,9 @@ def discover_training_data(config: Config) -> Any:
     options = {}
     if config.data.layout == "folder":
         options = {"labels": config.data.labels, "modality": config.transforms.modality}
-    index = discover(config.data.layout, config.data.root, **options)
+    # Validation reads every header and label once, so a broken case stops the run now,
+    # named, instead of crashing an epoch hours in.
+    index = discover(config.data.layout, config.data.root, validate=True, **options)
     if config.data.datalist is not None:
         index.cases = load_datalist(config.data.datalist, config.data.root)
     return index
@@ -251,7 +253,7 @@ def _finish(run_dir: Path, config: Config, outcome: dict[str, Any], tracker: Tra
     tracker.log_metrics(best, step=config.train.total_epochs)
     if tracker.active and (run_dir / "model").is_dir():
         _, network = load_model_dir(run_dir / "model")
-        tracker.log_model(run_dir / "model", network, register=config.train.register)
+        tracker.log_model(run_dir / "model", network, register=config.train.register_as)
 
 
 def _save_best(

@@ -122,3 +122,40 @@ def brats_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     network = build_from_config(config)
     return save_model_dir(tmp_path_factory.mktemp("models") / "brats-tiny", config, network)
+
+
+@pytest.fixture(scope="session")
+def ct_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny 3D UNet++ model directory for LiTS CT (1 channel, 3 classes)."""
+    from medseg.datasets.base import LabelScheme
+    from medseg.pipelines.model_dir import (
+        InferenceSpec,
+        ModelConfig,
+        NetworkSpec,
+        build_from_config,
+        save_model_dir,
+    )
+    from medseg.transforms.presets import Preprocessing
+
+    config = ModelConfig(
+        network=NetworkSpec(
+            name="unetpp",
+            preset="tiny",
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=3,
+            options={"features": [4, 8, 16]},
+        ),
+        preprocessing=Preprocessing(
+            layout="lits",
+            modality="ct",
+            channels=["ct"],
+            patch_size=[16, 16, 16],
+            intensity={"window_low": -200.0, "window_high": 250.0, "mean": 60.0, "std": 40.0},
+        ),
+        labels=LabelScheme.classes({"background": 0, "liver": 1, "tumour": 2}).to_dict(),
+        inference=InferenceSpec(roi_size=[16, 16, 16]),
+    )
+    torch.manual_seed(0)
+    network = build_from_config(config)
+    return save_model_dir(tmp_path_factory.mktemp("models") / "lits-tiny", config, network)

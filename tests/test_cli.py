@@ -179,3 +179,12 @@ def test_evaluate_reports_a_missing_prediction_and_exits_1(tmp_path, medseg_cli)
     result = medseg_cli("evaluate", tmp_path / "pred", tmp_path / "ref", "--labels", "liver=1")
     assert result.code == 1
     assert "missing prediction" in result.out
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    from medseg.files import _UMASK, write_text_atomic
+
+    written = write_text_atomic(tmp_path / "report.json", "{}")
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert written.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~_UMASK

@@ -15,7 +15,7 @@ from monai import transforms as mt
 from pydantic import BaseModel, ConfigDict, Field
 
 from medseg.datasets.base import LabelScheme
-from medseg.transforms.checks import RequireFinited
+from medseg.transforms.checks import RequireUsableImaged
 from medseg.transforms.labels import LabelsToTargetd
 from medseg.transforms.slices import AdjacentSlicesd
 
@@ -138,7 +138,7 @@ def _intensity(pre: Preprocessing) -> list[Any]:
 def preprocessing(pre: Preprocessing, *, with_label: bool) -> list[Any]:
     """The deterministic transforms, for ``image`` (and ``label`` when ``with_label``)."""
     keys = ["image", "label"] if with_label else ["image"]
-    steps = [*_load(keys), RequireFinited("image"), *_spatial(pre, keys), *_intensity(pre)]
+    steps = [*_load(keys), RequireUsableImaged("image"), *_spatial(pre, keys), *_intensity(pre)]
     if pre.slices > 1:
         steps.append(AdjacentSlicesd("image", pre.slices))
     return steps

@@ -105,19 +105,20 @@ def test_output_folder_may_not_be_an_input_folder(brats_model_dir, many_cases, m
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [1, 4])
 def test_rerun_after_sigkill_completes_the_batch_with_valid_files(
-    tmp_path, brats_model_dir, many_cases
+    tmp_path, brats_model_dir, many_cases, kill_after
 ):
     output = tmp_path / "out"
     command = [MEDSEG, "predict", str(brats_model_dir), str(many_cases), "--output", str(output)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(output.glob("BraTS*.nii.gz"))) < 2:
-        time.sleep(0.05)
+    while time.monotonic() < deadline and len(list(output.glob("BraTS*.nii.gz"))) < kill_after:
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished_before = len(list(output.glob("BraTS*.nii.gz")))
-    assert 2 <= finished_before < 6
+    assert kill_after <= finished_before < 6
     rerun = subprocess.run(command, capture_output=True, text=True, encoding="utf-8")
     assert rerun.returncode == 0, rerun.stderr
     report = json.loads((output / "predict_report.json").read_text())

@@ -62,19 +62,30 @@ def run(*args, env=None, check=True) -> subprocess.CompletedProcess:
     return result
 
 
+def checkpoint_epoch(path: Path) -> int:
+    """The last finished epoch a checkpoint holds (-1 before the first one is written)."""
+    if not path.exists():
+        return -1
+    return int(torch.load(path, weights_only=True)["epoch"])
+
+
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["network"]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, small_brats) -> dict[str, torch.Tensor]:
+    """Final weights of the tiny run trained from start to end without interruption."""
+    folder = tmp_path_factory.mktemp("whole")
+    run("train", write_config(folder, small_brats))
+    return final_weights(folder / "run")
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, small_brats):
-    whole = (
-        write_config(tmp_path / "whole", small_brats)
-        if (tmp_path / "whole").mkdir() is None
-        else None
-    )
-    run("train", whole)
-    (tmp_path / "killed").mkdir()
+@pytest.mark.parametrize("after_epoch", [0, 1])
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(
+    tmp_path, small_brats, uninterrupted, after_epoch
+):
     killed = write_config(tmp_path / "killed", small_brats)
     process = subprocess.Popen(
         [MEDSEG, "train", str(killed)],
@@ -84,21 +95,17 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, small
     )
     checkpoint = tmp_path / "killed" / "run" / "checkpoint_last.pt"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not checkpoint.exists():
+    while time.monotonic() < deadline and checkpoint_epoch(checkpoint) < after_epoch:
         time.sleep(0.02)
-    time.sleep(0.3)  # into the next epoch
+    time.sleep(0.05)  # into the next epoch
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = torch.load(checkpoint, weights_only=True)["epoch"]
-    assert interrupted_at < 3
+    assert after_epoch <= checkpoint_epoch(checkpoint) < 3
     run("train", "--resume", tmp_path / "killed" / "run")
-    expected, resumed = (
-        final_weights(tmp_path / "whole" / "run"),
-        final_weights(tmp_path / "killed" / "run"),
-    )
-    assert expected.keys() == resumed.keys()
-    for key in expected:
-        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+    resumed = final_weights(tmp_path / "killed" / "run")
+    assert uninterrupted.keys() == resumed.keys()
+    for key in uninterrupted:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=0, msg=key)
 
 
 @pytest.mark.slow
