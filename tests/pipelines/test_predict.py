@@ -160,3 +160,39 @@ def test_probabilities_are_saved_as_float16_on_the_input_grid(
     saved = np.load(tmp_path / "out" / "BraTS2021_00001_probabilities.npz")
     assert saved["probabilities"].dtype == np.float16
     assert saved["probabilities"].shape == (3, 40, 40, 32)
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd", "nifti2"])
+def test_other_formats_come_back_in_their_own_format_and_grid(tmp_path, ct_model_dir, suffix):
+    import SimpleITK as sitk
+
+    data = np.full((24, 20, 12), -1000, dtype=np.int16)
+    data[4:20, 4:16, 2:10] = 60
+    affine = np.array([[-0.8, 0, 0, 10], [0, -0.7, 0, 20], [0, 0, 2.0, -5], [0, 0, 0, 1]])
+    if suffix == "nifti2":
+        source = tmp_path / "in" / "case.nii"
+        source.parent.mkdir()
+        nib.save(nib.Nifti2Image(data, affine), source)
+    else:
+        source = tmp_path / "in" / f"case{suffix}"
+        source.parent.mkdir()
+        image = sitk.GetImageFromArray(data.transpose(2, 1, 0))
+        image.SetSpacing((0.8, 0.7, 2.0))
+        image.SetOrigin((-10.0, -20.0, -5.0))
+        sitk.WriteImage(image, str(source))
+    report = predict(ct_model_dir, [str(source)], tmp_path / "out", show_progress=False)
+    assert report.failed == 0
+    (written,) = [p for p in (tmp_path / "out").iterdir() if p.name.startswith("case")]
+    if suffix == "nifti2":
+        assert written.name == "case.nii.gz"
+        output = nib.load(written)
+        assert output.shape == data.shape
+        np.testing.assert_allclose(output.affine, affine, atol=1e-5)
+    else:
+        assert written.name == f"case{suffix}"
+        output, reference = sitk.ReadImage(str(written)), sitk.ReadImage(str(source))
+        assert output.GetSize() == reference.GetSize()
+        np.testing.assert_allclose(output.GetSpacing(), reference.GetSpacing(), atol=1e-6)
+        np.testing.assert_allclose(output.GetOrigin(), reference.GetOrigin(), atol=1e-6)
+        np.testing.assert_allclose(output.GetDirection(), reference.GetDirection(), atol=1e-6)
+        assert output.GetPixelID() == sitk.sitkUInt8
