@@ -16,7 +16,7 @@ from monai import transforms as mt
 from medseg import __version__
 from medseg.pipelines.model_dir import ModelConfig, NetworkSpec
 from medseg.transforms import presets
-from medseg.transforms.checks import RequireFinited
+from medseg.transforms.checks import RequireUsableImaged
 from medseg.transforms.slices import AdjacentSlicesd
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -96,8 +96,11 @@ def preprocessing_steps(config: ModelConfig) -> list[dict[str, Any]]:
 def _describe_step(transform: Any) -> dict[str, Any] | None:
     if isinstance(transform, mt.LoadImaged | mt.EnsureTyped):
         return None
-    if isinstance(transform, RequireFinited):
-        return {"step": "require_finite", "meaning": "refuse images with NaN or infinite voxels"}
+    if isinstance(transform, RequireUsableImaged):
+        return {
+            "step": "require_usable",
+            "meaning": "refuse images with NaN or infinite voxels or a single constant value",
+        }
     if isinstance(transform, mt.Orientationd):
         return {
             "step": "orientation",

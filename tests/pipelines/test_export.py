@@ -234,7 +234,7 @@ def test_preprocessing_json_describes_an_mri_region_model(exported) -> None:
     assert pre["orientation"] == "RAS"
     assert pre["spacing"] == [1.0, 1.0, 2.5]
     steps = pre["steps"]
-    kinds = ["require_finite", "orientation", "resample", "crop_foreground", "z-score"]
+    kinds = ["require_usable", "orientation", "resample", "crop_foreground", "z-score"]
     assert [step["step"] for step in steps] == kinds
     assert steps[1]["axcodes"] == "RAS"
     assert steps[2]["spacing"] == [1.0, 1.0, 2.5]
