@@ -60,6 +60,9 @@ def main_options(
     # MONAI's LoadImage logs an INFO line for every reader that declines a file.
     for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "LoadImage", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MONAI warns on every LoadImage that its GPU DICOM decoder is missing: never an error
+    # here, DICOM series still load with pydicom's own decoders.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
 def _console() -> Any:
