@@ -87,9 +87,11 @@ class EvaluationResult:
 
 
 def read_volume(path: Path) -> Volume:
-    """Read an image or label file: NIfTI (``.nii``, ``.nii.gz``) with nibabel, any other
-    format SimpleITK reads (``.mha``, ``.nrrd``, ...) with SimpleITK, into a ``Volume`` whose
-    array keeps the stored dtype (scaled NIfTI data comes back as floats)."""
+    """Read an image or label file into a ``Volume`` whose array keeps the stored dtype
+    (scaled NIfTI data comes back as floats): NIfTI (``.nii``, ``.nii.gz``) with nibabel,
+    every other format with the readers ``medseg predict`` loads it with
+    (``transforms.readers.image_readers``), so a TIFF or PNG reference and the prediction
+    made from its image share one grid and affine."""
     path = Path(path)
     if path.name.endswith((".nii", ".nii.gz")):
         import nibabel
@@ -99,21 +101,26 @@ def read_volume(path: Path) -> Volume:
         zooms = tuple(float(z) for z in image.header.get_zooms())
         affine = np.asarray(image.affine, dtype=np.float64)
     else:
-        import SimpleITK
+        from monai.transforms import LoadImage
 
-        image = SimpleITK.ReadImage(str(path))
-        dims = image.GetDimension()
-        # ITK arrays come z, y, x (then components); NIfTI's come x, y, z.
-        array = SimpleITK.GetArrayFromImage(image)
-        array = array.transpose(*reversed(range(dims)), *range(dims, array.ndim))
-        zooms = tuple(float(s) for s in image.GetSpacing())
-        affine = np.eye(4)
-        affine[:dims, :dims] = np.reshape(image.GetDirection(), (dims, dims)) * zooms
-        affine[:dims, 3] = image.GetOrigin()
-        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+        from medseg.transforms.readers import image_readers
+
+        image = LoadImage(reader=image_readers(), image_only=True, dtype=None)(str(path))
+        array = np.asarray(image.array)
+        zooms = tuple(float(z) for z in image.pixdim)
+        affine = _as_4x4(np.asarray(image.affine, dtype=np.float64))
     while array.ndim > 2 and array.shape[-1] == 1:
         array = array[..., 0]
     return Volume(array, zooms[: min(array.ndim, 3)], affine)
+
+
+def _as_4x4(affine: np.ndarray) -> np.ndarray:
+    """A 2D image's 3x3 affine as the 4x4 one a NIfTI file of that image stores."""
+    rank = affine.shape[0] - 1
+    full = np.eye(4)
+    full[:rank, :rank] = affine[:rank, :rank]
+    full[:rank, 3] = affine[:rank, rank]
+    return full
 
 
 def evaluate(
