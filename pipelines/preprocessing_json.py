@@ -20,7 +20,7 @@ from medseg.transforms.checks import RequireUsableImaged
 from medseg.transforms.slices import AdjacentSlicesd
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-INTENSITY_STEPS = ("threshold", "z-score", "scale_percentiles", "scale_range")
+INTENSITY_STEPS = ("threshold", "z-score", "scale_percentiles")
 
 # Crop selections by rule: the functions' names say what, these say exactly which voxels.
 _CROP_RULES = {
@@ -154,15 +154,6 @@ def _describe_step(transform: Any) -> dict[str, Any] | None:
             "clip": bool(rule.clip),
             "channel_wise": bool(rule.channel_wise),
             "meaning": "map the image's own percentiles linearly onto 'to'",
-        }
-    if isinstance(transform, mt.ScaleIntensityRanged):
-        rule = transform.scaler
-        return {
-            "step": "scale_range",
-            "from": [rule.a_min, rule.a_max],
-            "to": [rule.b_min, rule.b_max],
-            "clip": bool(rule.clip),
-            "meaning": "map 'from' linearly onto 'to'",
         }
     if isinstance(transform, AdjacentSlicesd):
         return {

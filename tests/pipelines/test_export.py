@@ -269,10 +269,11 @@ def test_preprocessing_json_describes_a_ct_class_model_and_a_2d_model(exported) 
     description = described(exported, "unetpp", 2)
     assert description["preprocessing"]["orientation"] == "RA"
     assert description["preprocessing"]["normalisation"]["steps"][0] | {"meaning": ""} == {
-        "step": "scale_range",
-        "from": [0.0, 255.0],
-        "to": [0.0, 1.0],
-        "clip": False,
+        "step": "z-score",
+        "subtract": None,
+        "divide_by": None,
+        "nonzero_only": False,
+        "channel_wise": True,
         "meaning": "",
     }
 
