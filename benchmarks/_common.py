@@ -1,0 +1,239 @@
+"""What every benchmark script shares: the machine's description, model directories built
+from untrained networks, runs measured in their own process, and Markdown tables.
+
+Each side of a comparison runs in a child process of its own, so its peak RSS is its own;
+the two sides alternate within one session, so a slow drift in machine load (other
+processes on a shared machine) falls on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPOSITORY = HERE.parent
+PYTHON = sys.executable
+MEDSEG = str(Path(sys.executable).with_name("medseg"))
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="ascii").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def vector_extensions() -> str:
+    """The widest SIMD extensions the CPU reports (they bound the float32 matmul rate)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii")
+    except OSError:
+        return "unknown"
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+    return " ".join(flag for flag in wanted if flag in flags) or "none of avx2/avx512"
+
+
+def memory_gib() -> float:
+    """Total memory of the machine in GiB."""
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+def machine(threads: int | None = None) -> str:
+    """One line naming the machine: CPU, cores usable, memory, torch threads, versions."""
+    import monai
+    import torch
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{cpu_model()} ({vector_extensions()}), {usable} cores usable, "
+        f"{memory_gib():.0f} GiB, torch {torch.__version__} with "
+        f"{threads or torch.get_num_threads()} intra-op threads, MONAI {monai.__version__}, "
+        f"Python {platform.python_version()}; load average at start {load:.1f}"
+    )
+
+
+def command_line() -> str:
+    """The command that reproduces this run, as typed from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    with contextlib.suppress(ValueError):  # a script outside the repository keeps its path
+        script = script.relative_to(REPOSITORY)
+    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
+
+
+def header(title: str, threads: int | None = None) -> None:
+    """Print the benchmark's title, machine and reproducing command."""
+    print(f"## {title}\n")
+    print(f"machine: {machine(threads)}")
+    print(f"command: `{command_line()}`\n")
+
+
+@dataclass
+class Run:
+    """A child process's wall time (s), peak resident memory (bytes) and exit status."""
+
+    seconds: float
+    peak_rss: int
+    returncode: int
+    output: str
+
+
+def measured_run(command: Sequence[str], *, env: dict[str, str] | None = None) -> Run:
+    """Run ``command`` in a child process; its own wall time and peak RSS, from ``wait4``.
+
+    ``wait4`` gives the rusage of that one child (``RUSAGE_CHILDREN`` would give the largest
+    of all children so far). Output is captured to a temporary file, not a pipe, so a
+    chatty child never blocks.
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile() as log:
+        started = time.perf_counter()
+        child = subprocess.Popen(
+            list(command), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPOSITORY
+        )
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        child.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+    return Run(seconds, usage.ru_maxrss * 1024, child.returncode, output)
+
+
+def require_success(run: Run, what: str) -> None:
+    """Stop the benchmark, showing the child's output, when ``run`` failed."""
+    if run.returncode != 0:
+        raise SystemExit(f"{what} failed (exit {run.returncode}):\n{run.output[-3000:]}")
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table; floats keep what ``format_value`` gives them."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(format_value(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_value(value: Any) -> str:
+    """Three significant figures for floats, the rest as text."""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, or NaN for no values."""
+    return statistics.median(values) if values else float("nan")
+
+
+def gib(size: int) -> float:
+    """Bytes -> GiB."""
+    return size / 2**30
+
+
+def label_dice(first: np.ndarray, second: np.ndarray) -> dict[int, float]:
+    """Dice of every non-zero label value present in either map (1.0 when both lack it)."""
+    values = np.union1d(np.unique(first), np.unique(second))
+    result = {}
+    for value in values[values != 0]:
+        a, b = first == value, second == value
+        total = int(a.sum()) + int(b.sum())
+        result[int(value)] = 2 * int((a & b).sum()) / total if total else 1.0
+    return result
+
+
+def model_dir(
+    directory: Path,
+    *,
+    layout: str,
+    network: str = "unetpp",
+    preset: str = "tiny",
+    options: dict[str, Any] | None = None,
+    roi_size: Sequence[int],
+    spacing: Sequence[float] | None = None,
+    overlap: float = 0.5,
+    sw_batch_size: int = 2,
+    intensity: dict[str, float] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a model directory holding an untrained ``network`` for ``layout``'s data.
+
+    The network is seeded, so every script (and both sides of a comparison) reads the same
+    weights. BraTS: 4 MRI channels in, 3 regions out; LiTS: 1 CT channel in (``intensity``
+    holds its window and statistics), 3 classes out. Foreground cropping is on, as
+    ``medseg train`` sets it for MRI and CT.
+    """
+    import torch
+
+    from medseg.datasets.brats import CHANNEL_NAMES, RELEASES
+    from medseg.datasets.lits import LABELS as LITS_LABELS
+    from medseg.pipelines.model_dir import (
+        InferenceSpec,
+        ModelConfig,
+        NetworkSpec,
+        build_from_config,
+        save_model_dir,
+    )
+    from medseg.transforms.presets import Preprocessing
+
+    if layout == "brats":
+        channels, modality, labels = list(CHANNEL_NAMES), "mri", RELEASES[0].labels()
+    elif layout == "lits":
+        channels, modality, labels = ["ct"], "ct", LITS_LABELS
+    else:
+        raise ValueError(f"benchmarks build brats or lits models, not {layout!r}")
+    config = ModelConfig(
+        network=NetworkSpec(
+            name=network,
+            preset=preset,
+            spatial_dims=len(roi_size),
+            in_channels=len(channels),
+            out_channels=labels.out_channels,
+            options=dict(options or {}),
+        ),
+        preprocessing=Preprocessing(
+            layout=layout,
+            modality=modality,
+            channels=channels,
+            spacing=list(spacing) if spacing else None,
+            patch_size=list(roi_size),
+            intensity=dict(intensity or {}),
+        ),
+        labels=labels.to_dict(),
+        inference=InferenceSpec(
+            roi_size=list(roi_size), overlap=overlap, sw_batch_size=sw_batch_size
+        ),
+    )
+    torch.manual_seed(seed)
+    return save_model_dir(directory, config, build_from_config(config))
+
+
+def ct_intensity(cases_root: Path) -> dict[str, float]:
+    """The CT window and statistics ``medseg train`` fits, here on the generated cases."""
+    from medseg.datasets import discover
+    from medseg.transforms.statistics import ct_statistics
+
+    return ct_statistics(discover("lits", cases_root).cases)

@@ -1,0 +1,205 @@
+"""Compute efficiency: each network's forward GFLOP/s as a fraction of float32 matmul's.
+
+The baseline is a square float32 matrix product (``torch.mm``) on this machine, measured in
+the same process with the same number of intra-op threads, right before each network is
+timed (the pairs alternate, so a change in machine load falls on both). A network's FLOPs
+for one forward are counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions,
+matrix products and attention; 2 FLOPs per multiply-add; norms and activations are not
+counted, so they only cost time). A single ``Conv3d`` is the convolutional reference.
+
+Targets (issue #12): >= 50 % of the matmul rate for the convolutional networks (UNet++,
+H-DenseUNet), >= 35 % for the Swin ones (Swin UNETR, Att-SwinU-Net).
+
+Inputs are batches of 2 windows for the 3D networks, as ``medseg predict`` runs them
+(``infer.sw_batch_size`` defaults to 2): with a batch of 1, PyTorch's CPU convolution
+dispatch sends 3 x 3 x 3 convolutions whose N*C*D*H is at most 20480 (the deeper, narrower
+layers here) to the unblocked ``slow_conv3d`` instead of oneDNN, which costs a 3D UNet++
+or Swin UNETR about a fifth of its rate (``--profile`` shows the operators).
+
+    .venv/bin/python benchmarks/compute_efficiency.py                 # about 3 minutes
+    .venv/bin/python benchmarks/compute_efficiency.py --quick         # about a minute
+    .venv/bin/python benchmarks/compute_efficiency.py --profile unetpp-small-3d
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+# The helpers sit beside this script (not in a package); Python puts the script's own
+# folder first on ``sys.path``, so they import as a top-level module.
+from _common import header, markdown_table
+
+TARGETS = {"conv": 0.50, "swin": 0.35}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One network to time: registry name, preset, spatial dims, channels in/out, input."""
+
+    label: str
+    network: str
+    preset: str
+    shape: tuple[int, ...]  # (B, C_in, *spatial)
+    out_channels: int
+    family: str  # "conv" or "swin": which target applies
+    options: tuple[tuple[str, object], ...] = ()
+
+
+CASES = [
+    Case("unetpp-tiny-3d", "unetpp", "tiny", (2, 4, 64, 64, 64), 3, "conv"),
+    Case("unetpp-small-3d", "unetpp", "small", (2, 4, 64, 64, 64), 3, "conv"),
+    Case("unetpp-paper-2d", "unetpp", "paper", (4, 1, 96, 96), 1, "conv"),
+    Case("hdenseunet-tiny", "hdenseunet", "tiny", (2, 1, 128, 128, 8), 3, "conv"),
+    Case("hdenseunet-small", "hdenseunet", "small", (2, 1, 128, 128, 12), 3, "conv"),
+    Case("swin_unetr-tiny", "swin_unetr", "tiny", (2, 4, 64, 64, 64), 3, "swin"),
+    Case("swin_unetr-small", "swin_unetr", "small", (2, 4, 64, 64, 64), 3, "swin"),
+    Case("att_swinunet-tiny", "att_swinunet", "tiny", (4, 3, 64, 64), 1, "swin"),
+    Case("att_swinunet-small", "att_swinunet", "small", (1, 3, 224, 224), 1, "swin"),
+]
+QUICK = {"unetpp-tiny-3d", "unetpp-paper-2d", "hdenseunet-tiny", "swin_unetr-tiny"}
+QUICK |= {"att_swinunet-tiny"}
+
+
+def build(case: Case) -> torch.nn.Module:
+    """The network of ``case`` in eval mode (seeded, untrained); a bare Conv3d for the
+    reference case."""
+    torch.manual_seed(0)
+    if case.network == "conv3d":
+        return torch.nn.Conv3d(case.shape[1], case.out_channels, 3, padding=1).eval()
+    from medseg.networks import build_network
+
+    return build_network(
+        case.network,
+        spatial_dims=len(case.shape) - 2,
+        in_channels=case.shape[1],
+        out_channels=case.out_channels,
+        preset=case.preset,
+        **dict(case.options),
+    ).eval()
+
+
+def count_flops(function: Callable[[], object]) -> int:
+    """FLOPs of one call of ``function`` as ``FlopCounterMode`` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        function()
+    return int(counter.get_total_flops())
+
+
+def seconds_of(function: Callable[[], object], minimum: float) -> float:
+    """Seconds per call of ``function``: calls repeated for at least ``minimum`` seconds."""
+    calls, started = 0, time.perf_counter()
+    while True:
+        function()
+        calls += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= minimum:
+            return elapsed / calls
+
+
+def matmul(size: int) -> tuple[Callable[[], object], int]:
+    """A float32 ``size`` x ``size`` matrix product and its FLOPs (2 n^3)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return (lambda: torch.mm(a, b)), 2 * size**3
+
+
+def measure(case: Case, repeats: int, minimum: float, size: int) -> dict:
+    """GFLOP/s of ``case``'s forward and of the matmul timed just before it, ``repeats`` pairs."""
+    network = build(case)
+    inputs = torch.randn(*case.shape)
+    product, product_flops = matmul(size)
+
+    def forward() -> object:
+        return network(inputs)
+
+    with torch.inference_mode():
+        flops = count_flops(forward)
+        forward(), product()  # first calls: kernel selection and allocation
+        rates, baseline = [], []
+        for _ in range(repeats):
+            baseline.append(product_flops / seconds_of(product, minimum) / 1e9)
+            rates.append(flops / seconds_of(forward, minimum) / 1e9)
+    return {
+        "flops": flops,
+        "rate": statistics.median(rates),
+        "matmul": statistics.median(baseline),
+    }
+
+
+def profile(case: Case, rows: int = 15) -> None:
+    """Print torch.profiler's table of the operators that take ``case``'s forward time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    network, inputs = build(case), torch.randn(*case.shape)
+    with torch.inference_mode():
+        network(inputs)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as profiler:
+            for _ in range(3):
+                network(inputs)
+    print(f"\n### torch.profiler: {case.label}, 3 forwards, self CPU time\n")
+    print("```")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    print("```")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny presets only, shorter timing")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (both sides)")
+    parser.add_argument("--repeats", type=int, default=3, help="matmul/network pairs per network")
+    parser.add_argument("--seconds", type=float, default=1.5, help="minimum time per timing")
+    parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n matmul")
+    parser.add_argument("--profile", nargs="*", default=[], help="labels to profile afterwards")
+    args = parser.parse_args()
+    # A benchmark owns its process: the thread count is fixed for both sides.
+    torch.set_num_threads(args.threads)
+    cases = [Case("Conv3d 32->32 k3", "conv3d", "-", (1, 32, 64, 64, 64), 32, "conv"), *CASES]
+    if args.quick:
+        cases = [c for c in cases if c.label in QUICK or c.network == "conv3d"]
+        args.repeats, args.seconds = 2, 0.5
+
+    header("Compute efficiency: forward GFLOP/s against float32 matmul", args.threads)
+    rows, verdicts = [], []
+    for case in cases:
+        result = measure(case, args.repeats, args.seconds, args.matmul_size)
+        fraction = result["rate"] / result["matmul"]
+        target = TARGETS[case.family]
+        shape = "x".join(map(str, case.shape))
+        rows.append(
+            [
+                case.label,
+                shape,
+                result["flops"] / 1e9,
+                result["rate"],
+                result["matmul"],
+                f"{100 * fraction:.0f} %",
+                f">= {100 * target:.0f} %",
+            ]
+        )
+        verdict = "PASS" if fraction >= target else "MISS"
+        verdicts.append(f"{verdict}: {case.label} at {100 * fraction:.0f} % of matmul")
+        print(f"  {case.label}: {result['rate']:.1f} GFLOP/s", flush=True)
+    print()
+    columns = ["network", "input", "GFLOP/forward", "GFLOP/s", "matmul GFLOP/s", "fraction"]
+    print(markdown_table([*columns, "target"], rows))
+    print(
+        f"\nmatmul: float32 {args.matmul_size}^2 torch.mm, timed just before each network; "
+        f"each rate is the median of {args.repeats} timings of >= {args.seconds} s."
+    )
+    print("\n".join(["", *verdicts]))
+    by_label = {case.label: case for case in cases}
+    for label in args.profile:
+        profile(by_label[label])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""Batch prediction: ``medseg predict`` against a plain MONAI inference loop.
+
+Both sides segment the same generated cases with the same model directory (an untrained,
+seeded network): BraTS-size MRI (4 x 240 x 240 x 155) and LiTS-size CT in Hounsfield units
+(512 x 512 x Z). The MONAI loop is written as MONAI's tutorials write it: ``LoadImaged``,
+``EnsureChannelFirstd``, ``Orientationd``, ``Spacingd``, the model's foreground crop and
+intensity steps, a ``DataLoader`` whose worker prepares the next case, then
+``sliding_window_inference`` (same roi, overlap, window batch and Gaussian blending),
+``Activationsd``, ``Invertd``, ``AsDiscreted`` and ``SaveImage``. Each side runs as its own
+process (wall time and peak RSS are that process's), the sides alternate, and the label
+maps they write are compared by Dice per label value.
+
+    .venv/bin/python benchmarks/predict_vs_monai.py           # 2 + 2 cases: about 10 minutes
+    .venv/bin/python benchmarks/predict_vs_monai.py --quick   # 1 + 1 case: about 5 minutes
+    .venv/bin/python benchmarks/predict_vs_monai.py --brats-cases 3 --lits-cases 3 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+# The helpers sit beside this script (not in a package); Python puts the script's own
+# folder first on ``sys.path``, so they import as a top-level module.
+from _common import (
+    MEDSEG,
+    PYTHON,
+    ct_intensity,
+    gib,
+    header,
+    label_dice,
+    markdown_table,
+    measured_run,
+    model_dir,
+    require_success,
+)
+
+
+def is_body(image):
+    """CT foreground (denser than air), as the model's preprocessing crops to it."""
+    return image > -500
+
+
+def monai_loop(model: Path, output: Path, inputs: list[Path], workers: int) -> None:
+    """The plain MONAI way: segment ``inputs`` (BraTS case folders or CT files) into
+    ``output`` with the network and settings of the model directory ``model``."""
+    import torch
+    from monai import transforms as mt
+    from monai.data import DataLoader, Dataset, MetaTensor, decollate_batch
+    from monai.inferers import sliding_window_inference
+
+    from medseg.pipelines.model_dir import load_model_dir
+
+    config, network = load_model_dir(model)
+    pre, window, scheme = config.preprocessing, config.inference, config.scheme
+    if pre.modality == "mri":
+        files = [[c / f"{c.name}_{name}.nii.gz" for name in pre.channels] for c in inputs]
+        crop = mt.CropForegroundd("image", source_key="image", allow_smaller=True)
+        intensity = [mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True)]
+    else:
+        files = [[path] for path in inputs]
+        crop = mt.CropForegroundd(
+            "image", source_key="image", select_fn=is_body, allow_smaller=True
+        )
+        stats = pre.intensity
+        intensity = [
+            mt.ThresholdIntensityd(
+                "image", threshold=stats["window_high"], above=False, cval=stats["window_high"]
+            ),
+            mt.ThresholdIntensityd(
+                "image", threshold=stats["window_low"], above=True, cval=stats["window_low"]
+            ),
+            mt.NormalizeIntensityd("image", subtrahend=stats["mean"], divisor=stats["std"]),
+        ]
+    spacing = pre.spacing or []
+    if spacing and max(spacing) >= 3 * min(spacing):
+        raise SystemExit("the baseline mirrors one Spacingd; use a spacing with ratio < 3")
+    preprocess = mt.Compose(
+        [
+            mt.LoadImaged("image"),
+            mt.EnsureChannelFirstd("image"),
+            mt.Orientationd("image", axcodes="RAS"),
+            *([mt.Spacingd("image", pixdim=spacing, mode="bilinear")] if spacing else []),
+            crop,
+            *intensity,
+        ]
+    )
+    regions = scheme.mode == "regions"
+    postprocess = mt.Compose(
+        [
+            mt.Activationsd("pred", sigmoid=regions, softmax=not regions),
+            mt.Invertd("pred", transform=preprocess, orig_keys="image", nearest_interp=False),
+            mt.AsDiscreted("pred", threshold=0.5)
+            if regions
+            else mt.AsDiscreted("pred", argmax=True),
+        ]
+    )
+    cases = [
+        {"image": [str(f) for f in channel_files], "id": case_id(channel_files[0])}
+        for channel_files in files
+    ]
+    loader = DataLoader(Dataset(cases, preprocess), batch_size=1, num_workers=workers)
+    network.eval()
+    with torch.no_grad():
+        for batch in loader:
+            batch["pred"] = sliding_window_inference(
+                batch["image"],
+                window.roi_size,
+                window.sw_batch_size,
+                network,
+                overlap=window.overlap,
+                mode=window.mode,
+            )
+            for item in decollate_batch(batch):
+                item = postprocess(item)
+                pred = item["pred"]
+                labels = torch.zeros(pred.shape[1:], dtype=torch.uint8)
+                if regions:
+                    for index in scheme.paint_order:
+                        labels[pred[index] > 0] = scheme.paint[index]
+                else:
+                    lookup = torch.tensor([v[0] for v in scheme.values], dtype=torch.uint8)
+                    labels = lookup[pred[0].long()]
+                save = mt.SaveImage(
+                    output_dir=output,
+                    output_postfix="",
+                    separate_folder=False,
+                    output_dtype=np.uint8,
+                    print_log=False,
+                    output_name_formatter=lambda meta, saver, name=item["id"]: {
+                        "subject": name,
+                        "idx": None,
+                    },
+                )
+                save(MetaTensor(labels[None], meta=pred.meta))
+
+
+def case_id(first_file: Path) -> str:
+    """The id ``medseg predict`` gives a case: the BraTS folder's name, or the file's stem."""
+    if first_file.name.startswith("BraTS"):
+        return first_file.parent.name
+    return first_file.name.removesuffix(".gz").removesuffix(".nii")
+
+
+def prepare(work: Path, args: argparse.Namespace) -> list[dict]:
+    """Generate the cases and a model directory per dataset; return one entry per dataset."""
+    from medseg.datasets.synthetic import synthesize
+
+    datasets = []
+    if args.brats_cases:
+        root = work / "brats"
+        synthesize("brats", root, cases=args.brats_cases, shape=(240, 240, 155), seed=1)
+        model = model_dir(
+            work / "model-brats",
+            layout="brats",
+            preset=args.preset,
+            roi_size=[args.roi] * 3,
+            spacing=[1.0, 1.0, 1.0],
+            overlap=args.overlap,
+            sw_batch_size=args.sw_batch_size,
+        )
+        inputs = sorted(p for p in root.iterdir() if p.is_dir())
+        datasets.append({"name": "BraTS 4x240x240x155", "model": model, "inputs": inputs})
+    if args.lits_cases:
+        root = work / "lits"
+        synthesize("lits", root, cases=args.lits_cases, shape=(512, 512, args.slices), seed=1)
+        model = model_dir(
+            work / "model-lits",
+            layout="lits",
+            preset=args.preset,
+            roi_size=[args.roi] * 3,
+            spacing=args.lits_spacing,
+            overlap=args.overlap,
+            sw_batch_size=args.sw_batch_size,
+            intensity=ct_intensity(root),
+        )
+        inputs = sorted(root.glob("volume-*.nii"))
+        datasets.append(
+            {"name": f"LiTS 512x512x{args.slices} CT", "model": model, "inputs": inputs}
+        )
+    return datasets
+
+
+SIDES = ("MONAI loop", "medseg predict")
+TIME_TARGET = 0.7
+DICE_TARGET = 0.99
+
+
+def command(side: str, dataset: dict, output: Path, args: argparse.Namespace) -> list[str]:
+    """The command line of one side on one dataset."""
+    inputs = [str(p) for p in dataset["inputs"]]
+    model = str(dataset["model"])
+    if side == "MONAI loop":
+        workers = str(args.loader_workers)
+        return [PYTHON, __file__, "--baseline", model, str(output), workers, *inputs]
+    return [MEDSEG, "-q", "predict", model, *inputs, "--output", str(output), "--overwrite"]
+
+
+def dice_between(first: Path, second: Path, inputs: list[Path]) -> float:
+    """The smallest Dice, over cases and label values, between two folders of label maps."""
+    import nibabel as nib
+
+    worst = 1.0
+    for path in inputs:
+        name = f"{case_id(path if path.is_file() else path / f'{path.name}_flair.nii.gz')}.nii.gz"
+        a = np.asarray(nib.load(first / name).dataobj)
+        b = np.asarray(nib.load(second / name).dataobj)
+        if a.shape != b.shape:
+            return 0.0
+        worst = min([worst, *label_dice(a, b).values()])
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--brats-cases", type=int, default=2, help="BraTS-size cases")
+    parser.add_argument("--lits-cases", type=int, default=2, help="LiTS-size cases")
+    parser.add_argument("--slices", type=int, default=48, help="Z of the 512x512xZ CT cases")
+    parser.add_argument(
+        "--lits-spacing", type=float, nargs=3, default=[1.5, 1.5, 3.0], help="CT model spacing"
+    )
+    parser.add_argument("--preset", default="tiny", help="UNet++ preset (untrained)")
+    parser.add_argument("--roi", type=int, default=64, help="sliding-window size (cube)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap")
+    parser.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward")
+    parser.add_argument("--loader-workers", type=int, default=1, help="MONAI DataLoader workers")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per side (order alternates)")
+    parser.add_argument("--quick", action="store_true", help="one case of each, Z = 32")
+    parser.add_argument("--work", type=Path, help="keep data and outputs here (default: temp)")
+    parser.add_argument("--baseline", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.baseline:
+        model, output, workers, *inputs = args.baseline
+        monai_loop(Path(model), Path(output), [Path(p) for p in inputs], int(workers))
+        return
+
+    if args.quick:
+        args.brats_cases, args.lits_cases, args.slices, args.repeats = 1, 1, 32, 1
+    header("Batch predict: medseg against a plain MONAI loop")
+    work = args.work or Path(tempfile.mkdtemp(prefix="medseg-bench-"))
+    try:
+        run_benchmark(work, args)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_benchmark(work: Path, args: argparse.Namespace) -> None:
+    """Generate the data, run both sides ``args.repeats`` times per dataset, print the table
+    and a PASS/MISS line per target."""
+    datasets = prepare(work, args)
+    names = list(SIDES)
+    print(
+        f"network: UNet++ {args.preset} (untrained, seeded), roi {args.roi}^3, overlap "
+        f"{args.overlap}, {args.sw_batch_size} windows per forward, Gaussian blending; "
+        f"MONAI DataLoader workers: {args.loader_workers}\n"
+    )
+    rows, verdicts, totals = [], [], {name: [] for name in names}
+    for dataset in datasets:
+        runs: dict[str, list] = {name: [] for name in names}
+        for repeat in range(args.repeats):
+            for name in names if repeat % 2 == 0 else names[::-1]:
+                output = work / "out" / dataset["model"].name / name.replace(" ", "_")
+                shutil.rmtree(output, ignore_errors=True)
+                run = measured_run(command(name, dataset, output, args))
+                require_success(run, f"{name} on {dataset['name']}")
+                runs[name].append(run)
+                print(f"  {dataset['name']}, {name}: {run.seconds:.1f} s", flush=True)
+        baseline = fastest(runs["MONAI loop"])
+        reference = work / "out" / dataset["model"].name / "MONAI_loop"
+        dice: dict[str, float] = {}
+        for name in names:
+            seconds = fastest(runs[name])
+            totals[name].append(seconds)
+            output = work / "out" / dataset["model"].name / name.replace(" ", "_")
+            dice[name] = dice_between(reference, output, dataset["inputs"])
+            rows.append(
+                [
+                    dataset["name"],
+                    len(dataset["inputs"]),
+                    name,
+                    seconds,
+                    seconds / len(dataset["inputs"]),
+                    f"{seconds / baseline:.2f}x",
+                    gib(max(r.peak_rss for r in runs[name])),
+                    dice[name],
+                ]
+            )
+        verdicts += verdict_lines(
+            dataset["name"], baseline, runs["medseg predict"], dice["medseg predict"]
+        )
+    for name in names:
+        total = sum(totals[name])
+        ratio = total / sum(totals["MONAI loop"])
+        rows.append(["all", "", name, total, "", f"{ratio:.2f}x", "", ""])
+    print()
+    columns = ["data", "cases", "side", "wall s", "s/case", "x MONAI", "peak RSS GiB"]
+    print(markdown_table([*columns, "min Dice vs MONAI"], rows))
+    print("\nwall s: the whole process (start-up, reading, inference, writing), the fastest of")
+    print("the repeats; min Dice: the smallest over cases and label values.\n")
+    print("\n".join(verdicts))
+
+
+def fastest(runs: list) -> float:
+    """The shortest wall time of ``runs``: on a shared machine other processes only ever add
+    time, so the minimum is the estimate least disturbed by them."""
+    return min(run.seconds for run in runs)
+
+
+def verdict_lines(name: str, baseline: float, runs: list, dice: float) -> list[str]:
+    """PASS/MISS lines of one dataset: medseg's wall time <= 0.7x MONAI's, Dice >= 0.99."""
+    ratio = fastest(runs) / baseline
+    return [
+        f"{'PASS' if ratio <= TIME_TARGET else 'MISS'}: {name}: medseg predict at "
+        f"{ratio:.2f}x the MONAI loop's wall time (target <= {TIME_TARGET}x)",
+        f"{'PASS' if dice >= DICE_TARGET else 'MISS'}: {name}: Dice between the two outputs "
+        f"{dice:.4f} (target >= {DICE_TARGET})",
+    ]
+
+
+if __name__ == "__main__":
+    main()
