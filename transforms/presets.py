@@ -192,7 +192,8 @@ def training_transforms(
     """Preprocessing, then random patches of ``pre.patch_size`` and augmentation.
 
     ``samples_per_case`` patches per volume, a fraction ``foreground_ratio`` of them centred
-    on labelled voxels; ``augment`` is the config's ``AugmentConfig``. Output: ``image``
+    on foreground (any region, or any class but the first: membranes for ISBI EM, whose
+    background value is 255); ``augment`` is the config's ``AugmentConfig``. Output: ``image``
     ``(C, *patch)`` float32 and ``label`` as ``labels_to_target`` makes it. The steps up to
     the first random one are deterministic, so ``monai.data.CacheDataset`` caches them.
     """
@@ -203,6 +204,9 @@ def training_transforms(
     return mt.Compose(
         [
             *preprocessing(pre, with_label=True),
+            # Targets before cropping, so that crops centre on foreground and padding is
+            # background whatever the label values (raw ISBI labels are 0 on membranes).
+            LabelsToTargetd("label", scheme),
             mt.SpatialPadd(keys, spatial_size=crop),
             mt.RandCropByPosNegLabeld(
                 keys,
@@ -214,7 +218,6 @@ def training_transforms(
             ),
             *flatten,
             *_augmentation(augment, len(pre.patch_size)),
-            LabelsToTargetd("label", scheme),
         ]
     )
 
