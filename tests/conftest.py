@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -91,10 +92,21 @@ def medseg_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     return run
 
 
-@pytest.fixture(scope="session")
-def brats_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained tiny 3D UNet++ model directory for BraTS (4 channels, 3 regions)."""
-    from medseg.datasets.brats import CHANNEL_NAMES, RELEASES
+def write_untrained_model(
+    directory: Path,
+    *,
+    layout: str,
+    modality: str,
+    channels: list[str],
+    labels: Any,
+    patch_size: list[int],
+    features: list[int],
+    spatial_dims: int | None = None,
+    intensity: dict[str, float] | None = None,
+) -> Path:
+    """Write a model directory holding an untrained, seeded UNet++ with ``features`` per
+    level for ``labels`` (a ``LabelScheme``); ``patch_size`` is the sliding-window roi (2 sizes:
+    a 2D network), ``spatial_dims`` the data's (default: the roi's). Returns ``directory``."""
     from medseg.pipelines.model_dir import (
         InferenceSpec,
         ModelConfig,
@@ -108,54 +120,60 @@ def brats_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         network=NetworkSpec(
             name="unetpp",
             preset="tiny",
-            spatial_dims=3,
-            in_channels=4,
-            out_channels=3,
-            options={"features": [4, 8, 16]},
+            spatial_dims=len(patch_size),
+            in_channels=len(channels),
+            out_channels=labels.out_channels,
+            options={"features": features},
         ),
         preprocessing=Preprocessing(
-            layout="brats", modality="mri", channels=list(CHANNEL_NAMES), patch_size=[16, 16, 16]
+            layout=layout,
+            modality=modality,
+            channels=channels,
+            spatial_dims=spatial_dims or len(patch_size),
+            patch_size=patch_size,
+            intensity=intensity or {},
         ),
-        labels=RELEASES[0].labels().to_dict(),
-        inference=InferenceSpec(roi_size=[16, 16, 16]),
+        labels=labels.to_dict(),
+        inference=InferenceSpec(roi_size=patch_size),
     )
     torch.manual_seed(0)
-    network = build_from_config(config)
-    return save_model_dir(tmp_path_factory.mktemp("models") / "brats-tiny", config, network)
+    return save_model_dir(directory, config, build_from_config(config))
+
+
+@pytest.fixture(scope="session")
+def untrained_model() -> Callable[..., Path]:
+    """``write_untrained_model``, for tests that need a model of their own layout."""
+    return write_untrained_model
+
+
+@pytest.fixture(scope="session")
+def brats_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny 3D UNet++ model directory for BraTS (4 channels, 3 regions)."""
+    from medseg.datasets.brats import CHANNEL_NAMES, RELEASES
+
+    return write_untrained_model(
+        tmp_path_factory.mktemp("models") / "brats-tiny",
+        layout="brats",
+        modality="mri",
+        channels=list(CHANNEL_NAMES),
+        labels=RELEASES[0].labels(),
+        patch_size=[16, 16, 16],
+        features=[4, 8, 16],
+    )
 
 
 @pytest.fixture(scope="session")
 def ct_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny 3D UNet++ model directory for LiTS CT (1 channel, 3 classes)."""
-    from medseg.datasets.base import LabelScheme
-    from medseg.pipelines.model_dir import (
-        InferenceSpec,
-        ModelConfig,
-        NetworkSpec,
-        build_from_config,
-        save_model_dir,
-    )
-    from medseg.transforms.presets import Preprocessing
+    from medseg.datasets.lits import LABELS
 
-    config = ModelConfig(
-        network=NetworkSpec(
-            name="unetpp",
-            preset="tiny",
-            spatial_dims=3,
-            in_channels=1,
-            out_channels=3,
-            options={"features": [4, 8, 16]},
-        ),
-        preprocessing=Preprocessing(
-            layout="lits",
-            modality="ct",
-            channels=["ct"],
-            patch_size=[16, 16, 16],
-            intensity={"window_low": -200.0, "window_high": 250.0, "mean": 60.0, "std": 40.0},
-        ),
-        labels=LabelScheme.classes({"background": 0, "liver": 1, "tumour": 2}).to_dict(),
-        inference=InferenceSpec(roi_size=[16, 16, 16]),
+    return write_untrained_model(
+        tmp_path_factory.mktemp("models") / "lits-tiny",
+        layout="lits",
+        modality="ct",
+        channels=["ct"],
+        labels=LABELS,
+        patch_size=[16, 16, 16],
+        features=[4, 8, 16],
+        intensity={"window_low": -200.0, "window_high": 250.0, "mean": 60.0, "std": 40.0},
     )
-    torch.manual_seed(0)
-    network = build_from_config(config)
-    return save_model_dir(tmp_path_factory.mktemp("models") / "lits-tiny", config, network)

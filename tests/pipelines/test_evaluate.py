@@ -202,42 +202,24 @@ def test_track_evaluation_logs_metrics_and_files(dataset, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize(("layout", "shape"), [("em", (32, 32, 8)), ("isic", (48, 40))])
 def test_predictions_of_tiff_and_png_datasets_are_scored_against_them(
-    tmp_path, layout, shape, medseg_cli
+    tmp_path, layout, shape, medseg_cli, untrained_model
 ):
     from medseg.datasets import discover
     from medseg.datasets.synthetic import synthesize
-    from medseg.pipelines.model_dir import (
-        InferenceSpec,
-        ModelConfig,
-        NetworkSpec,
-        build_from_config,
-        save_model_dir,
-    )
-    from medseg.transforms.presets import Preprocessing
 
     data = tmp_path / "data"
     synthesize(layout, data, cases=2, shape=shape, seed=0)
     index = discover(layout, data)
-    config = ModelConfig(
-        network=NetworkSpec(
-            name="unetpp",
-            preset="tiny",
-            spatial_dims=2,
-            in_channels=len(index.channels),
-            out_channels=index.labels.out_channels,
-            options={"features": [4, 8]},
-        ),
-        preprocessing=Preprocessing(
-            layout=layout,
-            modality=index.modality,
-            channels=list(index.channels),
-            spatial_dims=index.spatial_dims,
-            patch_size=[16, 16],
-        ),
-        labels=index.labels.to_dict(),
-        inference=InferenceSpec(roi_size=[16, 16]),
+    model = untrained_model(
+        tmp_path / "model",
+        layout=layout,
+        modality=index.modality,
+        channels=list(index.channels),
+        labels=index.labels,
+        patch_size=[16, 16],
+        features=[4, 8],
+        spatial_dims=index.spatial_dims,
     )
-    model = save_model_dir(tmp_path / "model", config, build_from_config(config))
     assert medseg_cli("predict", model, data, "--output", tmp_path / "pred").code == 0
     result = medseg_cli("evaluate", tmp_path / "pred", data, "--output", tmp_path / "report")
     # The EM layout's unlabelled test stack is segmented too, and has nothing to score against.
