@@ -101,6 +101,7 @@ def read_volume(path: Path) -> Volume:
         zooms = tuple(float(z) for z in image.header.get_zooms())
         affine = np.asarray(image.affine, dtype=np.float64)
     else:
+        from monai.data.utils import to_affine_nd
         from monai.transforms import LoadImage
 
         from medseg.transforms.readers import image_readers
@@ -108,19 +109,11 @@ def read_volume(path: Path) -> Volume:
         image = LoadImage(reader=image_readers(), image_only=True, dtype=None)(str(path))
         array = np.asarray(image.array)
         zooms = tuple(float(z) for z in image.pixdim)
-        affine = _as_4x4(np.asarray(image.affine, dtype=np.float64))
+        # A 2D image's 3x3 affine becomes the 4x4 one its NIfTI prediction stores.
+        affine = to_affine_nd(3, np.asarray(image.affine, dtype=np.float64))
     while array.ndim > 2 and array.shape[-1] == 1:
         array = array[..., 0]
     return Volume(array, zooms[: min(array.ndim, 3)], affine)
-
-
-def _as_4x4(affine: np.ndarray) -> np.ndarray:
-    """A 2D image's 3x3 affine as the 4x4 one a NIfTI file of that image stores."""
-    rank = affine.shape[0] - 1
-    full = np.eye(4)
-    full[:rank, :rank] = affine[:rank, :rank]
-    full[:rank, 3] = affine[:rank, rank]
-    return full
 
 
 def evaluate(
