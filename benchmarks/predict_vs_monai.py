@@ -40,11 +40,6 @@ from _common import (
 )
 
 
-def is_body(image):
-    """CT foreground (denser than air), as the model's preprocessing crops to it."""
-    return image > -500
-
-
 def monai_loop(model: Path, output: Path, inputs: list[Path], workers: int) -> None:
     """The plain MONAI way: segment ``inputs`` (BraTS case folders or CT files) into
     ``output`` with the network and settings of the model directory ``model``."""
@@ -54,6 +49,8 @@ def monai_loop(model: Path, output: Path, inputs: list[Path], workers: int) -> N
     from monai.inferers import sliding_window_inference
 
     from medseg.pipelines.model_dir import load_model_dir
+    from medseg.transforms.labels import paint_labels
+    from medseg.transforms.presets import is_body
 
     config, network = load_model_dir(model)
     pre, window, scheme = config.preprocessing, config.inference, config.scheme
@@ -94,14 +91,11 @@ def monai_loop(model: Path, output: Path, inputs: list[Path], workers: int) -> N
         [
             mt.Activationsd("pred", sigmoid=regions, softmax=not regions),
             mt.Invertd("pred", transform=preprocess, orig_keys="image", nearest_interp=False),
-            mt.AsDiscreted("pred", threshold=0.5)
-            if regions
-            else mt.AsDiscreted("pred", argmax=True),
         ]
     )
     cases = [
-        {"image": [str(f) for f in channel_files], "id": case_id(channel_files[0])}
-        for channel_files in files
+        {"image": [str(f) for f in channel_files], "id": case_id(path)}
+        for path, channel_files in zip(inputs, files, strict=True)
     ]
     loader = DataLoader(Dataset(cases, preprocess), batch_size=1, num_workers=workers)
     network.eval()
@@ -118,13 +112,7 @@ def monai_loop(model: Path, output: Path, inputs: list[Path], workers: int) -> N
             for item in decollate_batch(batch):
                 item = postprocess(item)
                 pred = item["pred"]
-                labels = torch.zeros(pred.shape[1:], dtype=torch.uint8)
-                if regions:
-                    for index in scheme.paint_order:
-                        labels[pred[index] > 0] = scheme.paint[index]
-                else:
-                    lookup = torch.tensor([v[0] for v in scheme.values], dtype=torch.uint8)
-                    labels = lookup[pred[0].long()]
+                labels = torch.from_numpy(paint_labels(pred, scheme))
                 save = mt.SaveImage(
                     output_dir=output,
                     output_postfix="",
@@ -139,11 +127,9 @@ def monai_loop(model: Path, output: Path, inputs: list[Path], workers: int) -> N
                 save(MetaTensor(labels[None], meta=pred.meta))
 
 
-def case_id(first_file: Path) -> str:
-    """The id ``medseg predict`` gives a case: the BraTS folder's name, or the file's stem."""
-    if first_file.name.startswith("BraTS"):
-        return first_file.parent.name
-    return first_file.name.removesuffix(".gz").removesuffix(".nii")
+def case_id(path: Path) -> str:
+    """The id ``medseg predict`` gives an input: a BraTS case folder's name, a file's stem."""
+    return path.name if path.is_dir() else path.name.removesuffix(".gz").removesuffix(".nii")
 
 
 def prepare(work: Path, args: argparse.Namespace) -> list[dict]:
@@ -205,8 +191,7 @@ def dice_between(first: Path, second: Path, inputs: list[Path]) -> float:
     import nibabel as nib
 
     worst = 1.0
-    for path in inputs:
-        name = f"{case_id(path if path.is_file() else path / f'{path.name}_flair.nii.gz')}.nii.gz"
+    for name in (f"{case_id(path)}.nii.gz" for path in inputs):
         a = np.asarray(nib.load(first / name).dataobj)
         b = np.asarray(nib.load(second / name).dataobj)
         if a.shape != b.shape:
