@@ -197,3 +197,13 @@ def test_other_formats_come_back_in_their_own_format_and_grid(tmp_path, ct_model
         np.testing.assert_allclose(output.GetOrigin(), reference.GetOrigin(), atol=1e-6)
         np.testing.assert_allclose(output.GetDirection(), reference.GetDirection(), atol=1e-6)
         assert output.GetPixelID() == sitk.sitkUInt8
+
+
+def test_cpu_segmenter_runs_a_channels_last_copy_of_3d_networks(brats_model_dir):
+    config, network = open_model(brats_model_dir)
+    segmenter = Segmenter([(config, network)], torch.device("cpu"))
+    (laid_out,) = segmenter.networks
+    assert laid_out is not network
+    weights = [p for p in laid_out.parameters() if p.dim() == 5]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights)
+    assert all(p.is_contiguous() for p in network.parameters())
