@@ -1,6 +1,7 @@
 """One case through a model (or an ensemble): preprocess, sliding window, back to the
 input's grid, post-process. Memory stays bounded: probabilities are taken back to the
-input's grid one channel at a time and folded into the label map as they arrive."""
+input's grid a few channels at a time (``inversion_groups``) and folded into the label map as
+they arrive."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from medseg.networks.inference_layout import channels_last_for_inference
 from medseg.pipelines.inference import WindowCount, sliding_window_predict
 from medseg.pipelines.model_dir import ModelConfig
 from medseg.pipelines.postprocess import postprocess
+from medseg.pipelines.resources import inversion_groups
 from medseg.transforms.labels import probabilities
 from medseg.transforms.presets import inference_transforms
 
@@ -31,6 +33,12 @@ def nib_shape(path: Path) -> tuple[int, ...] | None:
         return tuple(int(size) for size in nib.load(path).shape[:3])
     except Exception:  # any unreadable header; reported by the full check that follows
         return None
+
+
+def _input_voxels(image: Any) -> int | None:
+    """Voxels of the input grid a preprocessed ``image`` came from (None when unrecorded)."""
+    shape = image.meta.get("spatial_shape")
+    return None if shape is None else int(np.prod(np.asarray(shape)))
 
 
 def case_error(error: BaseException, path: Path) -> CaseError:
@@ -228,22 +236,23 @@ class Segmenter:
         del image
         labels, best, kept, affine = None, None, [], None
         masks: dict[int, np.ndarray] = {}
-        for channel in range(probability.shape[0]):
-            data["pred"] = MetaTensor(probability[channel : channel + 1])
+        for group in inversion_groups(probability.shape[0], _input_voxels(data["image"])):
+            data["pred"] = MetaTensor(probability[group.start : group.stop])
             inverted = self.invert(dict(data))["pred"]
             affine = np.asarray(inverted.affine, dtype=np.float64)
-            values = inverted[0].numpy()
-            if keep_probabilities:
-                kept.append(values.astype(np.float16))
-            if self.scheme.mode == "regions":
-                masks[channel] = values > 0.5
-            elif best is None:
-                best = values
-                labels = np.full(values.shape, self.scheme.values[0][0], dtype=np.uint8)
-            else:
-                better = values > best
-                best = np.where(better, values, best)
-                labels[better] = self.scheme.values[channel][0]
+            for offset, channel in enumerate(group):
+                values = inverted[offset].numpy()
+                if keep_probabilities:
+                    kept.append(values.astype(np.float16))
+                if self.scheme.mode == "regions":
+                    masks[channel] = values > 0.5
+                elif best is None:
+                    best = values
+                    labels = np.full(values.shape, self.scheme.values[0][0], dtype=np.uint8)
+                else:
+                    better = values > best
+                    best = np.where(better, values, best)
+                    labels[better] = self.scheme.values[channel][0]
         if self.scheme.mode == "regions":
             labels = np.zeros(next(iter(masks.values())).shape, dtype=np.uint8)
             for index in self.scheme.paint_order:

@@ -207,3 +207,32 @@ def test_cpu_segmenter_runs_a_channels_last_copy_of_3d_networks(brats_model_dir)
     weights = [p for p in laid_out.parameters() if p.dim() == 5]
     assert weights and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights)
     assert all(p.is_contiguous() for p in network.parameters())
+
+
+@pytest.mark.parametrize("layout", ["brats", "lits"])
+def test_channels_inverted_together_give_what_one_by_one_gives(
+    tmp_path, monkeypatch, layout, brats_model_dir, ct_model_dir
+):
+    from medseg.datasets.synthetic import synthesize
+    from medseg.pipelines import resources
+
+    shape = (40, 40, 32) if layout == "brats" else (48, 48, 24)
+    synthesize(layout, tmp_path, cases=1, shape=shape, seed=4)
+    case = discover(layout, tmp_path).cases[0]
+    config, network = open_model(brats_model_dir if layout == "brats" else ct_model_dir)
+    segmenter = Segmenter([(config, network)], torch.device("cpu"))
+    data = segmenter.load(case)
+    together = segmenter.infer(data, keep_probabilities=True)
+    monkeypatch.setattr(resources, "INVERSION_GROUP_BYTES", 1)
+    one_by_one = segmenter.infer(data, keep_probabilities=True)
+    np.testing.assert_array_equal(together.labels, one_by_one.labels)
+    np.testing.assert_array_equal(together.probabilities, one_by_one.probabilities)
+    np.testing.assert_array_equal(together.affine, one_by_one.affine)
+
+
+def test_inversion_groups_hold_all_channels_of_small_volumes_and_one_of_large_ones():
+    from medseg.pipelines.resources import inversion_groups
+
+    assert inversion_groups(3, 512 * 512 * 48) == [range(0, 3)]
+    assert inversion_groups(3, 512 * 512 * 600) == [range(0, 1), range(1, 2), range(2, 3)]
+    assert inversion_groups(2, None) == [range(0, 1), range(1, 2)]
