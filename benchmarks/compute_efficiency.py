@@ -10,6 +10,11 @@ counted, so they only cost time). A single ``Conv3d`` is the convolutional refer
 Targets (issue #12): >= 50 % of the matmul rate for the convolutional networks (UNet++,
 H-DenseUNet), >= 35 % for the Swin ones (Swin UNETR, Att-SwinU-Net).
 
+The 3D networks are timed as ``medseg predict`` runs them on the CPU: a copy laid out
+channels-last with its instance norms replaced (``medseg.networks.inference_layout``);
+``--layout plain`` times the networks as built (NCDHW, PyTorch's instance norm), the
+Conv3d reference included.
+
 Inputs are batches of 2 windows for the 3D networks, as ``medseg predict`` runs them
 (``infer.sw_batch_size`` defaults to 2): with a batch of 1, PyTorch's CPU convolution
 dispatch sends 3 x 3 x 3 convolutions whose N*C*D*H is at most 20480 (the deeper, narrower
@@ -66,22 +71,28 @@ QUICK = {"unetpp-tiny-3d", "unetpp-paper-2d", "hdenseunet-tiny", "swin_unetr-tin
 QUICK |= {"att_swinunet-tiny"}
 
 
-def build(case: Case) -> torch.nn.Module:
+def build(case: Case, layout: str) -> torch.nn.Module:
     """The network of ``case`` in eval mode (seeded, untrained); a bare Conv3d for the
-    reference case."""
+    reference case. With ``layout`` "predict", a 3D network is the channels-last copy that
+    ``medseg predict`` runs on the CPU."""
+    from medseg.networks import build_network
+    from medseg.networks.inference_layout import channels_last_for_inference
+
     torch.manual_seed(0)
     if case.network == "conv3d":
-        return torch.nn.Conv3d(case.shape[1], case.out_channels, 3, padding=1).eval()
-    from medseg.networks import build_network
-
-    return build_network(
-        case.network,
-        spatial_dims=len(case.shape) - 2,
-        in_channels=case.shape[1],
-        out_channels=case.out_channels,
-        preset=case.preset,
-        **dict(case.options),
-    ).eval()
+        network = torch.nn.Conv3d(case.shape[1], case.out_channels, 3, padding=1).eval()
+    else:
+        network = build_network(
+            case.network,
+            spatial_dims=len(case.shape) - 2,
+            in_channels=case.shape[1],
+            out_channels=case.out_channels,
+            preset=case.preset,
+            **dict(case.options),
+        ).eval()
+    if layout == "predict" and len(case.shape) == 5:
+        return channels_last_for_inference(network)
+    return network
 
 
 def count_flops(function: Callable[[], object]) -> int:
@@ -111,9 +122,10 @@ def matmul(size: int) -> tuple[Callable[[], object], int]:
     return (lambda: torch.mm(a, b)), 2 * size**3
 
 
-def measure(case: Case, repeats: int, minimum: float, size: int) -> dict:
-    """GFLOP/s of ``case``'s forward and of the matmul timed just before it, ``repeats`` pairs."""
-    network = build(case)
+def measure(case: Case, layout: str, repeats: int, minimum: float, size: int) -> dict:
+    """GFLOP/s of ``case``'s forward (``layout`` as in ``build``) and of the matmul timed just
+    before it, ``repeats`` pairs."""
+    network = build(case, layout)
     inputs = torch.randn(*case.shape)
     product, product_flops = matmul(size)
 
@@ -134,12 +146,12 @@ def measure(case: Case, repeats: int, minimum: float, size: int) -> dict:
     }
 
 
-def profile(case: Case, rows: int = 15) -> None:
+def profile(case: Case, layout: str, rows: int = 15) -> None:
     """Print torch.profiler's table of the operators that take ``case``'s forward time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    network, inputs = build(case), torch.randn(*case.shape)
+    network, inputs = build(case, layout), torch.randn(*case.shape)
     with torch.inference_mode():
         network(inputs)
         with torch_profile(activities=[ProfilerActivity.CPU]) as profiler:
@@ -159,6 +171,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.5, help="minimum time per timing")
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n matmul")
     parser.add_argument("--profile", nargs="*", default=[], help="labels to profile afterwards")
+    parser.add_argument(
+        "--layout",
+        choices=["predict", "plain"],
+        default="predict",
+        help="3D networks as medseg predict runs them on the CPU (channels-last), or as built",
+    )
     args = parser.parse_args()
     # A benchmark owns its process: the thread count is fixed for both sides.
     torch.set_num_threads(args.threads)
@@ -170,7 +188,7 @@ def main() -> None:
     header("Compute efficiency: forward GFLOP/s against float32 matmul", args.threads)
     rows, verdicts = [], []
     for case in cases:
-        result = measure(case, args.repeats, args.seconds, args.matmul_size)
+        result = measure(case, args.layout, args.repeats, args.seconds, args.matmul_size)
         fraction = result["rate"] / result["matmul"]
         target = TARGETS[case.family]
         shape = "x".join(map(str, case.shape))
@@ -193,12 +211,13 @@ def main() -> None:
     print(markdown_table([*columns, "target"], rows))
     print(
         f"\nmatmul: float32 {args.matmul_size}^2 torch.mm, timed just before each network; "
-        f"each rate is the median of {args.repeats} timings of >= {args.seconds} s."
+        f"each rate is the median of {args.repeats} timings of >= {args.seconds} s; "
+        f"3D networks laid out as {args.layout!r} (see --layout)."
     )
     print("\n".join(["", *verdicts]))
     by_label = {case.label: case for case in cases}
     for label in args.profile:
-        profile(by_label[label])
+        profile(by_label[label], args.layout)
 
 
 if __name__ == "__main__":
