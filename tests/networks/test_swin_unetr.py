@@ -43,8 +43,35 @@ def test_wrapper_computes_what_monai_computes() -> None:
     ours = build_network(
         "swin_unetr", spatial_dims=2, in_channels=1, out_channels=2, preset="tiny"
     ).eval()
-    monai = MonaiSwinUNETR(in_channels=1, out_channels=2, spatial_dims=2, **PRESETS["tiny"]).eval()
+    monai = MonaiSwinUNETR(
+        in_channels=1,
+        out_channels=2,
+        spatial_dims=2,
+        use_flash_attention=True,
+        **PRESETS["tiny"],
+    ).eval()
     monai.load_state_dict(ours.state_dict(), strict=True)
     image = torch.randn(1, 1, 64, 96)
     with torch.no_grad():
         assert torch.equal(ours(image), monai(image))
+
+
+def test_fused_attention_at_inference_matches_the_unfused_path() -> None:
+    torch.manual_seed(0)
+    fused, unfused = (
+        build_network(
+            "swin_unetr",
+            spatial_dims=3,
+            in_channels=2,
+            out_channels=3,
+            preset="tiny",
+            use_flash_attention=flash,
+        ).eval()
+        for flash in (True, False)
+    )
+    unfused.load_state_dict(fused.state_dict(), strict=True)
+    image = torch.randn(2, 2, 64, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(image), unfused(image), atol=1e-5, rtol=1e-5)
+    # with autograd on (training), MONAI takes the unfused path: the same numbers exactly
+    assert torch.equal(fused(image), unfused(image))
