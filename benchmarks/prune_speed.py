@@ -13,7 +13,7 @@ repeats (a slow drift in machine load then falls on every level alike):
 The targets are the paper's inference speed-ups against L4: L3 1.5x, L2 2.4x, L1 3.5x.
 FLOPs per window come from ``torch.utils.flop_counter`` (``medseg prune`` reports them too).
 
-    .venv/bin/python benchmarks/prune_speed.py           # defaults: about 3 minutes
+    .venv/bin/python benchmarks/prune_speed.py           # defaults: about a minute
     .venv/bin/python benchmarks/prune_speed.py --quick   # about a minute
 """
 

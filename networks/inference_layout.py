@@ -85,3 +85,12 @@ def channels_last_for_inference(network: nn.Module) -> nn.Module:
         if parameter.dim() == 5:
             parameter.data = parameter.data.contiguous(memory_format=torch.channels_last_3d)
     return prepared
+
+
+def inference_network(network: nn.Module, device: torch.device) -> nn.Module:
+    """``network`` as medseg runs it for inference (predict, prune) on ``device``: on the CPU
+    a network with 3D convolutions becomes its ``channels_last_for_inference`` copy; on CUDA,
+    where that layout was never measured, and for 2D networks it is ``network`` itself."""
+    if device.type == "cpu" and any(p.dim() == 5 for p in network.parameters()):
+        return channels_last_for_inference(network)
+    return network

@@ -30,6 +30,7 @@ from monai.metrics import compute_dice
 
 from medseg.datasets.base import Case
 from medseg.errors import ConfigError
+from medseg.networks.inference_layout import inference_network
 from medseg.networks.unetpp import UNetPlusPlus
 from medseg.pipelines.inference import (
     PRECISIONS,
@@ -266,12 +267,14 @@ def _prune(
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device)
     network = network.to(device).eval()
+    # timed as ``medseg predict`` runs it; the saved model keeps the network as built
+    timed = inference_network(network, device)
     rows: dict[int, list[dict[str, Any]]] = {level: [] for level in levels}
     seconds: dict[int, list[float]] = {level: [] for level in levels}
     with task_progress("measuring levels", len(cases), settings.show_progress) as advance:
         for case in cases:
             case_rows, case_seconds = _measure_case(
-                network, config, case, levels, settings.repeats, device, precision
+                timed, config, case, levels, settings.repeats, device, precision
             )
             for level in levels:
                 rows[level].append(case_rows[level])

@@ -15,7 +15,7 @@ import torch
 
 from medseg.datasets.base import Case
 from medseg.errors import CaseError, ConfigError
-from medseg.networks.inference_layout import channels_last_for_inference
+from medseg.networks.inference_layout import inference_network
 from medseg.pipelines.inference import WindowCount, sliding_window_predict
 from medseg.pipelines.model_dir import ModelConfig
 from medseg.pipelines.postprocess import postprocess
@@ -108,7 +108,9 @@ class Segmenter:
                 self.config.labels,
             ):
                 raise ConfigError("ensembled models must share preprocessing and labels")
-        self.networks = [self._laid_out(network.to(device).eval(), device) for _, network in models]
+        self.networks = [
+            inference_network(network.to(device).eval(), device) for _, network in models
+        ]
         if prune_level is not None:
             for network in self.networks:
                 levels = getattr(network, "levels", None)
@@ -128,12 +130,6 @@ class Segmenter:
         self.apply_postprocessing = apply_postprocessing
         self.transform = inference_transforms(self.config.preprocessing)
         self.invert = Invertd("pred", self.transform, orig_keys="image", nearest_interp=False)
-
-    def _laid_out(self, network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        # NDHWC convolutions are faster on the CPU; on CUDA the layout was never measured.
-        if device.type == "cpu" and self.config.network.spatial_dims == 3:
-            return channels_last_for_inference(network)
-        return network
 
     def check(self, case: Case) -> None:
         """Refuse, before reading any voxel, a case too large for the memory this machine has

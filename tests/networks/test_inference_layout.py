@@ -6,6 +6,7 @@ from medseg.networks import build_network
 from medseg.networks.inference_layout import (
     ChannelsLastInstanceNorm,
     channels_last_for_inference,
+    inference_network,
 )
 
 NETWORKS = [
@@ -73,3 +74,11 @@ def test_a_single_voxel_is_refused_as_pytorch_refuses_it():
     x = torch.randn(2, 4, 1, 1, 1).contiguous(memory_format=torch.channels_last_3d)
     with pytest.raises(ValueError, match="more than 1 spatial element"):
         norm(x)
+
+
+def test_only_3d_networks_on_the_cpu_get_the_channels_last_copy():
+    three_d = build_network("unetpp", spatial_dims=3, in_channels=1, out_channels=2, preset="tiny")
+    two_d = build_network("unetpp", spatial_dims=2, in_channels=1, out_channels=2, preset="tiny")
+    assert inference_network(three_d, torch.device("cpu")) is not three_d
+    assert inference_network(two_d, torch.device("cpu")) is two_d
+    assert inference_network(three_d, torch.device("meta")) is three_d
