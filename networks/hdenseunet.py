@@ -37,6 +37,9 @@ Differences from the paper and the released Keras code, and why:
 - The 2D class scores enter the 3D part multiplied by ``score_scale`` (1 by default). The
   Keras code multiplies them by 250 to match its unnormalised Hounsfield input; medseg's
   transforms normalise intensities, so scores and image are already of similar scale.
+- ``residual_scores`` (off by default, and in the paper recipe) adds the 2D class scores to
+  the fused head's output and starts that head's last convolution at zero, so the hybrid
+  stages begin from the 2D stage's segmentation instead of from a random head.
 - No ImageNet initialisation of the 2D encoder (the paper starts from DenseNet-161
   weights; none are downloaded at run time here).
 """
@@ -226,6 +229,9 @@ class HDenseUNet(nn.Module):
         fusion_features: channels of the fusion convolution.
         dropout: dropout rate of the last decoder stages and of the fusion layer.
         score_scale: factor on the 2D class scores fed to the 3D part.
+        residual_scores: add the 2D class scores to the fused head's output, whose last
+            convolution then starts at zero, so a hybrid stage begins where the 2D stage
+            ended (not in the paper; off by default).
         norm: MONAI norm name or (name, args) for every norm layer.
         mode: ``"hybrid"`` (the whole network) or ``"2d"`` (the 2D DenseUNet only).
 
@@ -250,6 +256,7 @@ class HDenseUNet(nn.Module):
         fusion_features: int = 64,
         dropout: float = 0.3,
         score_scale: float = 1.0,
+        residual_scores: bool = False,
         norm: str | tuple = "batch",
         mode: str = "hybrid",
     ) -> None:
@@ -263,6 +270,7 @@ class HDenseUNet(nn.Module):
             raise ValueError(f"slices must be at least 1, got {slices}")
         self.slices = slices
         self.score_scale = score_scale
+        self.residual_scores = residual_scores
         self.mode = mode
         self.frozen_2d = False
         self.dense_2d = DenseUNet(
@@ -293,6 +301,9 @@ class HDenseUNet(nn.Module):
             get_act_layer(_RELU),
             nn.Conv3d(fusion_features, out_channels, kernel_size=1),
         )
+        if residual_scores:
+            nn.init.zeros_(self.fusion[-1].weight)
+            nn.init.zeros_(self.fusion[-1].bias)
         self.divisor = max(self.dense_2d.divisor, self.dense_3d.divisor)
 
     @property
@@ -334,7 +345,8 @@ class HDenseUNet(nn.Module):
         if self.mode == "2d":
             return scores
         features_3d = self.dense_3d(torch.cat([x, scores * self.score_scale], dim=1))
-        return self.fusion(features_3d + _restack(features_2d, batch))
+        fused = self.fusion(features_3d + _restack(features_2d, batch))
+        return fused + scores if self.residual_scores else fused
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 5:

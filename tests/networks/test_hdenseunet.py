@@ -61,6 +61,19 @@ def test_2d_mode_returns_a_volume_and_leaves_the_3d_part_out() -> None:
     assert all(p.grad is None for p in parameters_of(network.dense_3d, network.fusion))
 
 
+def test_residual_scores_start_the_hybrid_output_at_the_2d_scores() -> None:
+    network = tiny(residual_scores=True).eval()
+    volume = torch.randn(*SHAPE)
+    with torch.no_grad():
+        hybrid = network(volume)
+        network.mode = "2d"
+        torch.testing.assert_close(hybrid, network(volume))
+    network.mode = "hybrid"
+    network.train()
+    network(volume).square().mean().backward()
+    assert network.fusion[-1].weight.grad.abs().sum() > 0  # the fused head still learns
+
+
 def test_gradients_reach_the_2d_and_the_3d_path() -> None:
     network = tiny().train()
     network(torch.randn(*SHAPE)).mean().backward()
