@@ -1,9 +1,10 @@
 """A copy of a trained 3D network laid out channels-last (NDHWC) for inference on the CPU.
 
-oneDNN's 3D convolutions run about a third faster on NDHWC tensors than on NCDHW ones, but
-PyTorch's instance norm reshapes its input to ``(1, B*C, ...)``, which in that layout costs
-two full copies per norm and gives back most of the gain. ``ChannelsLastInstanceNorm``
-computes the same normalisation in that layout.
+oneDNN's 3D convolutions of few channels run 2-2.7x faster on NDHWC tensors than on NCDHW
+ones (a tiny UNet++ forward takes 0.6x the time), but PyTorch's instance norm reshapes its
+input to ``(1, B*C, ...)``, which in that layout costs two full copies per norm and gives
+back most of the gain. ``ChannelsLastInstanceNorm`` computes the same normalisation in that
+layout.
 Written here because neither PyTorch nor MONAI offers a layout-preserving instance norm.
 """
 
