@@ -10,10 +10,10 @@ counted, so they only cost time). A single ``Conv3d`` is the convolutional refer
 Targets (issue #12): >= 50 % of the matmul rate for the convolutional networks (UNet++,
 H-DenseUNet), >= 35 % for the Swin ones (Swin UNETR, Att-SwinU-Net).
 
-The 3D networks are timed as ``medseg predict`` runs them on the CPU: a copy laid out
+The networks are timed as ``medseg predict`` runs them on the CPU: a copy laid out
 channels-last with its instance norms replaced (``medseg.networks.inference_layout``);
-``--layout plain`` times the networks as built (NCDHW, PyTorch's instance norm), the
-Conv3d reference included.
+``--layout plain`` times the networks as built (NCHW / NCDHW, PyTorch's instance norm),
+the Conv3d reference included.
 
 Inputs are batches of 2 windows for the 3D networks, as ``medseg predict`` runs them
 (``infer.sw_batch_size`` defaults to 2): with a batch of 1, PyTorch's CPU convolution
@@ -73,10 +73,10 @@ QUICK |= {"att_swinunet-tiny"}
 
 def build(case: Case, layout: str) -> torch.nn.Module:
     """The network of ``case`` in eval mode (seeded, untrained); a bare Conv3d for the
-    reference case. With ``layout`` "predict", a 3D network is the channels-last copy that
-    ``medseg predict`` runs on the CPU."""
+    reference case. With ``layout`` "predict", the channels-last copy that ``medseg predict``
+    runs on the CPU."""
     from medseg.networks import build_network
-    from medseg.networks.inference_layout import channels_last_for_inference
+    from medseg.networks.inference_layout import inference_network
 
     torch.manual_seed(0)
     if case.network == "conv3d":
@@ -90,8 +90,8 @@ def build(case: Case, layout: str) -> torch.nn.Module:
             preset=case.preset,
             **dict(case.options),
         ).eval()
-    if layout == "predict" and len(case.shape) == 5:
-        return channels_last_for_inference(network)
+    if layout == "predict":
+        return inference_network(network, torch.device("cpu"))
     return network
 
 
@@ -175,7 +175,7 @@ def main() -> None:
         "--layout",
         choices=["predict", "plain"],
         default="predict",
-        help="3D networks as medseg predict runs them on the CPU (channels-last), or as built",
+        help="networks as medseg predict runs them on the CPU (channels-last), or as built",
     )
     args = parser.parse_args()
     # A benchmark owns its process: the thread count is fixed for both sides.
@@ -212,7 +212,7 @@ def main() -> None:
     print(
         f"\nmatmul: float32 {args.matmul_size}^2 torch.mm, timed just before each network; "
         f"each rate is the median of {args.repeats} timings of >= {args.seconds} s; "
-        f"3D networks laid out as {args.layout!r} (see --layout)."
+        f"networks laid out as {args.layout!r} (see --layout)."
     )
     print("\n".join(["", *verdicts]))
     by_label = {case.label: case for case in cases}

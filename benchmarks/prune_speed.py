@@ -71,15 +71,18 @@ def prune_command_rows(work: Path, args: argparse.Namespace) -> list[dict]:
 def paper_network_rows(args: argparse.Namespace) -> list[dict]:
     """Time the paper's 2D UNet++ forward at every level on the same patches; one dict each.
 
-    Each level's time is the median of ``args.repeats`` timed forwards after one untimed
-    forward, with the level order reversed on every other repeat.
+    The network is the channels-last copy ``medseg predict`` runs on the CPU. Each level's
+    time is the median of ``args.repeats`` timed forwards after one untimed forward, with the
+    level order reversed on every other repeat.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     from medseg.networks import build_network
+    from medseg.networks.inference_layout import inference_network
 
     torch.manual_seed(0)
-    network = build_network("unetpp", spatial_dims=2, in_channels=1, out_channels=1).eval()
+    built = build_network("unetpp", spatial_dims=2, in_channels=1, out_channels=1).eval()
+    network = inference_network(built, torch.device("cpu"))
     patches = torch.randn(args.batch, 1, 96, 96)
     levels = [1, 2, 3, 4]
     times: dict[int, list[float]] = {level: [] for level in levels}
