@@ -136,6 +136,9 @@ def predict(
         skip_empty=skip_empty,
         apply_postprocessing=apply_postprocessing,
     )
+    # The segmenter holds the networks it runs (on the CPU, channels-last copies); the loaded
+    # ones need not stay in memory beside them.
+    del models
     report = PredictReport(model=str(model))
     todo = []
     for case in cases:
