@@ -8,6 +8,7 @@ processes on a shared machine) falls on both.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -90,6 +91,20 @@ def header(title: str, threads: int | None = None) -> None:
     print(f"## {title}\n")
     print(f"machine: {machine(threads)}")
     print(f"command: `{command_line()}`\n")
+
+
+def window_arguments(
+    parser: argparse.ArgumentParser, *, overlap: float, sw_batch_size: int | None = None
+) -> None:
+    """Add the sliding-window settings of the model directories a script builds: ``--roi``
+    (cube side, default 64), ``--overlap`` and, when ``sw_batch_size`` is given,
+    ``--sw-batch-size``, with these defaults."""
+    parser.add_argument("--roi", type=int, default=64, help="sliding-window size (cube)")
+    parser.add_argument("--overlap", type=float, default=overlap, help="sliding-window overlap")
+    if sw_batch_size is not None:
+        parser.add_argument(
+            "--sw-batch-size", type=int, default=sw_batch_size, help="windows per forward"
+        )
 
 
 @dataclass

@@ -37,6 +37,7 @@ from _common import (
     measured_run,
     model_dir,
     require_success,
+    window_arguments,
 )
 
 
@@ -209,9 +210,7 @@ def main() -> None:
         "--lits-spacing", type=float, nargs=3, default=[1.5, 1.5, 3.0], help="CT model spacing"
     )
     parser.add_argument("--preset", default="tiny", help="UNet++ preset (untrained)")
-    parser.add_argument("--roi", type=int, default=64, help="sliding-window size (cube)")
-    parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap")
-    parser.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward")
+    window_arguments(parser, overlap=0.25, sw_batch_size=2)
     parser.add_argument("--loader-workers", type=int, default=1, help="MONAI DataLoader workers")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side (order alternates)")
     parser.add_argument("--quick", action="store_true", help="one case of each, Z = 32")

@@ -31,7 +31,15 @@ import torch
 
 # The helpers sit beside this script (not in a package); Python puts the script's own
 # folder first on ``sys.path``, so they import as a top-level module.
-from _common import MEDSEG, header, markdown_table, measured_run, model_dir, require_success
+from _common import (
+    MEDSEG,
+    header,
+    markdown_table,
+    measured_run,
+    model_dir,
+    require_success,
+    window_arguments,
+)
 
 # The paper's speed-ups of L3, L2, L1 over L4 (Fig. 7's inference times).
 PAPER_SPEEDUP = {3: 1.5, 2: 2.4, 1: 3.5, 4: 1.0}
@@ -146,8 +154,7 @@ def main() -> None:
         "--shape", type=int, nargs=3, default=[128, 128, 96], help="case size (voxels)"
     )
     parser.add_argument("--preset", default="tiny", help="3D UNet++ preset for medseg prune")
-    parser.add_argument("--roi", type=int, default=64, help="sliding-window size (cube)")
-    parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap")
+    window_arguments(parser, overlap=0.25)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per case and level")
     parser.add_argument("--batch", type=int, default=8, help="96x96 patches per 2D forward")
     args = parser.parse_args()

@@ -43,6 +43,7 @@ from _common import (
     measured_run,
     model_dir,
     require_success,
+    window_arguments,
 )
 
 SIZES = [(64, 64, 64), (128, 128, 128), (256, 256, 256), (512, 512, 300), (512, 512, 600)]
@@ -62,9 +63,7 @@ def generate(work: Path, shape: tuple[int, int, int]) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="sizes up to 256^3 only")
-    parser.add_argument("--roi", type=int, default=64, help="sliding-window size (cube)")
-    parser.add_argument("--overlap", type=float, default=0.0, help="sliding-window overlap")
-    parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward")
+    window_arguments(parser, overlap=0.0, sw_batch_size=4)
     args = parser.parse_args()
     sizes = QUICK_SIZES if args.quick else SIZES
 
