@@ -80,7 +80,10 @@ class TransformsConfig(_Section):
     ``auto`` (the training set's median, as nnU-Net) or None (keep each input's);
     ``foreground_crop`` defaults to on for MRI and CT; ``ct_window`` clips Hounsfield units
     before z-scoring (``auto``: the training foreground's 0.5-99.5 percentiles);
-    ``slices`` > 1 feeds a 2D network that many adjacent slices as channels (2.5D).
+    ``slices`` > 1 feeds a 2D network that many adjacent slices as channels (2.5D);
+    ``foreground_ratio`` of the training crops are centred on foreground, on any foreground
+    voxel (``foreground_classes: any``) or on one of a class drawn with equal odds
+    (``balanced``, as nnU-Net samples).
     """
 
     modality: Modality | None = None
@@ -91,6 +94,7 @@ class TransformsConfig(_Section):
     slices: int = Field(1, ge=1)
     samples_per_case: int = Field(2, ge=1)
     foreground_ratio: float = Field(0.67, ge=0, le=1)
+    foreground_classes: Literal["any", "balanced"] = "any"
     cache: Literal["memory", "disk", "none"] = "memory"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 

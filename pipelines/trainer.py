@@ -131,6 +131,7 @@ class Trainer:
             self.scheme,
             samples_per_case=settings.samples_per_case,
             foreground_ratio=settings.foreground_ratio,
+            foreground_classes=settings.foreground_classes,
             augment=settings.augment,
         )
         train_cases = [by_id[c] for c in split["train"]]

@@ -90,3 +90,40 @@ def binary_target(target: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
         return target.float()
     indices = target[:, 0].long()
     return torch.stack([indices == k for k in range(1, scheme.out_channels)], dim=1).float()
+
+
+def class_masks(target: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
+    """Boolean masks ``(1 + F, *spatial)`` of a target as ``labels_to_target`` makes it: the
+    background (for regions, the voxels in no region), then each of the ``F`` foreground
+    classes or regions."""
+    if scheme.mode == "regions":
+        inside = target.bool()
+        return torch.cat([~inside.any(dim=0, keepdim=True), inside])
+    return torch.stack([target[0] == index for index in range(len(scheme.values))])
+
+
+class SamplingMasksd(MapTransform):
+    """Store, under ``<key>_sampling``, the boolean masks that random crops of the target in
+    ``keys`` draw their centres from (boolean, not uint8: MONAI takes the background as
+    ``~mask``, which on uint8 is never zero).
+
+    ``by_class=False``: one channel, the foreground (any class or region), for
+    ``monai.transforms.RandCropByPosNegLabeld`` (given the target itself, it would take a
+    multi-channel target's first channel for background and drop BraTS's first region).
+    ``by_class=True``: ``class_masks``, background first, for
+    ``monai.transforms.RandCropByLabelClassesd``. A byte per voxel and channel, cheap to
+    cache, where the voxel indices MONAI draws from would take 8 bytes per voxel.
+    """
+
+    def __init__(self, keys: KeysCollection, scheme: LabelScheme, *, by_class: bool) -> None:
+        super().__init__(keys)
+        self.scheme = scheme
+        self.by_class = by_class
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Return a copy of ``data`` with the masks added."""
+        result = dict(data)
+        for key in self.key_iterator(result):
+            masks = class_masks(torch.as_tensor(result[key]), self.scheme)
+            result[f"{key}_sampling"] = masks if self.by_class else ~masks[:1]
+        return result

@@ -8,7 +8,7 @@ input's own grid.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from monai import transforms as mt
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medseg.datasets.base import LabelScheme
 from medseg.transforms.checks import RequireUsableImaged
-from medseg.transforms.labels import LabelsToTargetd
+from medseg.transforms.labels import LabelsToTargetd, SamplingMasksd
 from medseg.transforms.slices import AdjacentSlicesd
 
 # Axis codes in the RAS+ world space that NIfTI affines (and MONAI's readers) use.
@@ -188,12 +188,16 @@ def training_transforms(
     samples_per_case: int,
     foreground_ratio: float,
     augment: Any,
+    foreground_classes: Literal["any", "balanced"] = "any",
 ) -> mt.Compose:
     """Preprocessing, then random patches of ``pre.patch_size`` and augmentation.
 
     ``samples_per_case`` patches per volume, a fraction ``foreground_ratio`` of them centred
     on foreground (any region, or any class but the first: membranes for ISBI EM, whose
-    background value is 255); ``augment`` is the config's ``AugmentConfig``. Output: ``image``
+    background value is 255): on a voxel of any of them (``foreground_classes="any"``), or
+    on a voxel of one drawn with equal odds among those the case holds (``"balanced"``, as
+    nnU-Net oversamples, so a small class such as a tumour is not outnumbered by its
+    organ); ``augment`` is the config's ``AugmentConfig``. Output: ``image``
     ``(C, *patch)`` float32 and ``label`` as ``labels_to_target`` makes it. The steps up to
     the first random one are deterministic, so ``monai.data.CacheDataset`` caches them.
     """
@@ -208,18 +212,50 @@ def training_transforms(
             # background whatever the label values (raw ISBI labels are 0 on membranes).
             LabelsToTargetd("label", scheme),
             mt.SpatialPadd(keys, spatial_size=crop),
-            mt.RandCropByPosNegLabeld(
-                keys,
-                label_key="label",
-                spatial_size=crop,
-                pos=foreground_ratio,
-                neg=1 - foreground_ratio,
-                num_samples=samples_per_case,
-            ),
+            *_centred_crops(crop, scheme, samples_per_case, foreground_ratio, foreground_classes),
             *flatten,
             *_augmentation(augment, len(pre.patch_size)),
         ]
     )
+
+
+def _centred_crops(
+    crop: list[int],
+    scheme: LabelScheme,
+    samples: int,
+    foreground_ratio: float,
+    foreground_classes: str,
+) -> list[Any]:
+    """Random crops of size ``crop`` centred on background or foreground (see
+    ``training_transforms``), on the target ``LabelsToTargetd`` made."""
+    keys = ["image", "label"]
+    by_class = foreground_classes == "balanced"
+    if by_class:
+        count = len(scheme.values) - (scheme.mode == "classes")
+        crop_step = mt.RandCropByLabelClassesd(
+            keys,
+            label_key="label_sampling",
+            spatial_size=crop,
+            # A case without some class (a liver without tumour) draws among the others; one
+            # without any foreground falls back to background, whose odds are never zero.
+            ratios=[max(1 - foreground_ratio, 1e-6)] + [foreground_ratio / count] * count,
+            num_samples=samples,
+            warn=False,
+        )
+    else:
+        crop_step = mt.RandCropByPosNegLabeld(
+            keys,
+            label_key="label_sampling",
+            spatial_size=crop,
+            pos=foreground_ratio,
+            neg=1 - foreground_ratio,
+            num_samples=samples,
+        )
+    return [
+        SamplingMasksd("label", scheme, by_class=by_class),
+        crop_step,
+        mt.DeleteItemsd("label_sampling"),
+    ]
 
 
 def validation_transforms(pre: Preprocessing, scheme: LabelScheme) -> mt.Compose:

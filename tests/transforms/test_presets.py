@@ -152,3 +152,55 @@ def test_em_crops_centre_on_membranes_whose_label_value_is_zero(tmp_path):
     centres = [int(sample["label"][0, 7, 7]) for sample in transform(index.cases[0].as_dict())]
     # Class 1 is the membrane (ISBI value 0); centres near the border may be shifted inwards.
     assert sum(centres) >= 0.9 * len(centres)
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        LabelScheme.classes({"background": 0, "organ": 1, "lesion": 2}),
+        LabelScheme("regions", ("organ", "lesion"), ((1, 2), (2,)), (1, 2), (0, 1)),
+    ],
+    ids=["classes", "regions"],
+)
+def test_balanced_crops_centre_on_a_small_lesion_as_often_as_on_its_organ(tmp_path, scheme):
+    label = np.zeros((32, 32, 32), dtype=np.uint8)
+    label[6:26, 6:26, 6:26] = 1
+    label[15:17, 15:17, 15:17] = 2  # 8 lesion voxels in an organ of 8000
+    organ = np.minimum(label, 1)
+    case = write_case(tmp_path, "lesion", (label * 100).astype(np.int16), label, (1, 1, 1))
+    without_lesion = write_case(tmp_path, "organ", (organ * 100).astype(np.int16), organ, (1, 1, 1))
+    empty = np.zeros_like(label)
+    background_only = write_case(tmp_path, "none", (organ * 100).astype(np.int16), empty, (1, 1, 1))
+    pre = Preprocessing(
+        layout="folder", modality="rgb", channels=["x"], patch_size=[5, 5, 5], foreground_crop=False
+    )
+    augment = AugmentConfig(flip=0, intensity_shift=0, intensity_scale=0)
+    lesion = 2
+
+    def centres(case: Case, foreground_classes: str, foreground_ratio: float = 1.0) -> list[int]:
+        transform = training_transforms(
+            pre,
+            scheme,
+            samples_per_case=64,
+            foreground_ratio=foreground_ratio,
+            augment=augment,
+            foreground_classes=foreground_classes,
+        )
+        transform.set_random_state(seed=0)
+        samples = transform(case.as_dict())
+        assert all("label_sampling" not in sample for sample in samples)
+        if scheme.mode == "regions":  # 0 outside, 1 organ, 2 lesion
+            return [int(sample["label"][:, 2, 2, 2].sum()) for sample in samples]
+        return [int(sample["label"][0, 2, 2, 2]) for sample in samples]
+
+    anywhere = centres(case, "any")
+    balanced = centres(case, "balanced")
+    assert 0 not in anywhere + balanced
+    assert anywhere.count(lesion) <= 0.1 * len(anywhere)
+    assert balanced.count(lesion) >= 0.3 * len(balanced)
+    for foreground_classes in ("any", "balanced"):
+        assert set(centres(case, foreground_classes, foreground_ratio=0.0)) == {0}
+    # A case without the lesion draws every crop from the classes it has, one without
+    # foreground from the background.
+    assert set(centres(without_lesion, "balanced")) == {1}
+    assert set(centres(background_only, "balanced")) == {0}
