@@ -2,9 +2,11 @@
 segments generated held-out cases with validation Dice >= 0.9; every shipped config is
 valid and builds its network.
 
-Learning is shown for Swin UNETR on BraTS, 2D UNet++ on EM and Att-SwinU-Net on ISIC;
-the LiTS x H-DenseUNet small variant does not reach 0.9 yet (its config says what it
-reaches).
+Learning is shown for Swin UNETR on BraTS, 2D UNet++ on EM and Att-SwinU-Net on ISIC on
+any machine. The LiTS x H-DenseUNet small variant peaks at 0.85-0.89 on its 96 x 96 x 32
+phantoms, whose tumours are a few voxels; its full-length run on 160 x 160 x 48 phantoms
+(``lits_hdenseunet_small_gpu``) reaches 0.9 but is tested only where a CUDA device is
+present, as on a 2-core CPU it would take about 40 minutes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -21,7 +24,9 @@ RECIPES = {
     "brats_swin_unetr_small": ("brats", 10, (64, 64, 48)),
     "em_unetpp_small": ("em", 5, (128, 128, 12)),
     "isic_att_swinunet_small": ("isic", 40, (256, 192)),
+    "lits_hdenseunet_small_gpu": ("lits", 10, (160, 160, 48)),
 }
+NEEDS_CUDA = {"lits_hdenseunet_small_gpu"}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.stem)
@@ -41,7 +46,19 @@ def test_every_shipped_config_is_valid_and_builds_its_network(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        pytest.param(
+            recipe,
+            marks=pytest.mark.skipif(
+                recipe in NEEDS_CUDA and not torch.cuda.is_available(),
+                reason="needs a CUDA device (about 40 minutes on a 2-core CPU)",
+            ),
+        )
+        for recipe in RECIPES
+    ],
+)
 def test_small_recipe_learns_its_phantom_task(tmp_path, recipe, medseg_cli):
     from medseg.datasets.synthetic import synthesize
 
