@@ -92,16 +92,6 @@ def binary_target(target: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
     return torch.stack([indices == k for k in range(1, scheme.out_channels)], dim=1).float()
 
 
-def class_masks(target: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
-    """Boolean masks ``(1 + F, *spatial)`` of a target as ``labels_to_target`` makes it: the
-    background (for regions, the voxels in no region), then each of the ``F`` foreground
-    classes or regions."""
-    if scheme.mode == "regions":
-        inside = target.bool()
-        return torch.cat([~inside.any(dim=0, keepdim=True), inside])
-    return torch.stack([target[0] == index for index in range(len(scheme.values))])
-
-
 class SamplingMasksd(MapTransform):
     """Store, under ``<key>_sampling``, the boolean masks that random crops of the target in
     ``keys`` draw their centres from (boolean, not uint8: MONAI takes the background as
@@ -110,7 +100,8 @@ class SamplingMasksd(MapTransform):
     ``by_class=False``: one channel, the foreground (any class or region), for
     ``monai.transforms.RandCropByPosNegLabeld`` (given the target itself, it would take a
     multi-channel target's first channel for background and drop BraTS's first region).
-    ``by_class=True``: ``class_masks``, background first, for
+    ``by_class=True``: the background (for regions, the voxels in no region), then one mask
+    per foreground class or region (``binary_target``'s), for
     ``monai.transforms.RandCropByLabelClassesd``. A byte per voxel and channel, cheap to
     cache, where the voxel indices MONAI draws from would take 8 bytes per voxel.
     """
@@ -124,6 +115,9 @@ class SamplingMasksd(MapTransform):
         """Return a copy of ``data`` with the masks added."""
         result = dict(data)
         for key in self.key_iterator(result):
-            masks = class_masks(torch.as_tensor(result[key]), self.scheme)
-            result[f"{key}_sampling"] = masks if self.by_class else ~masks[:1]
+            target = torch.as_tensor(result[key])[None]
+            foreground = binary_target(target, self.scheme)[0].bool()
+            background = ~foreground.any(dim=0, keepdim=True)
+            masks = torch.cat([background, foreground]) if self.by_class else ~background
+            result[f"{key}_sampling"] = masks
         return result

@@ -231,7 +231,7 @@ def _centred_crops(
     keys = ["image", "label"]
     by_class = foreground_classes == "balanced"
     if by_class:
-        count = len(scheme.values) - (scheme.mode == "classes")
+        count = len(scheme.foreground)
         crop_step = mt.RandCropByLabelClassesd(
             keys,
             label_key="label_sampling",
