@@ -13,7 +13,7 @@ All shapes and spacings are in the RAS+ axis order that preprocessing turns imag
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,13 +127,20 @@ class Fingerprint:
         }
 
 
+def significant(values: Any, digits: int = 6) -> np.ndarray:
+    """``values`` rounded to ``digits`` significant figures (EM voxels are 4e-6 mm wide)."""
+    array = np.asarray(values, dtype=float)
+    scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.abs(np.where(array == 0, 1, array)))))
+    return np.round(array * scale) / scale
+
+
 def _spread(values: np.ndarray) -> dict[str, Any]:
     """Median, 10th percentile, min and max of ``values`` along the first axis."""
     if values.size == 0:
         return {"median": None, "p10": None, "min": None, "max": None}
 
     def listed(array: np.ndarray) -> Any:
-        return np.round(array, 4).tolist()
+        return significant(array).tolist()
 
     return {
         "median": listed(np.median(values, axis=0)),
@@ -168,7 +175,7 @@ def _storage_geometry(
     if header.affine is None:
         return shape, [1.0] * spatial_dims, "RAS"[:spatial_dims], identity
     affine = np.asarray(header.affine, dtype=float)
-    zooms = [round(float(z), 6) for z in np.sqrt((affine[:3, :spatial_dims] ** 2).sum(axis=0))]
+    zooms = significant(np.sqrt((affine[:3, :spatial_dims] ** 2).sum(axis=0))).tolist()
     if spatial_dims == 2:
         return shape, zooms, "RA", identity
     ornt = nib.io_orientation(affine)
@@ -176,21 +183,41 @@ def _storage_geometry(
     return shape, zooms, codes, [int(axis) for axis in np.argsort(ornt[:, 0].astype(int))]
 
 
-def _read_channels(case: Case, channels: int) -> list[np.ndarray]:
-    """Each channel of ``case`` as a float32 array of its spatial shape (storage order)."""
-    arrays = []
+# Voxels read at a time from a NIfTI channel: 32 slices of a 512 x 512 CT as float32.
+SLAB_VOXELS = 1 << 23
+
+
+def _channel_slabs(case: Case, channels: int) -> Iterator[Iterator[tuple[slice, np.ndarray]]]:
+    """Per channel of ``case``, its (last-axis range, float32 slab) pieces in storage order:
+    NIfTI read a slab at a time, so a channel never sits whole in memory; other formats
+    read whole (their readers have no partial reads)."""
+    found = 0
     for path in case.image:
         if suffix_of(path) in NIFTI_SUFFIXES:
-            data = nib.load(path).get_fdata(dtype=np.float32)
-            if data.ndim == 4:
-                arrays += [np.ascontiguousarray(data[..., k]) for k in range(data.shape[-1])]
-            else:
-                arrays.append(data)
+            data = nib.load(path).dataobj
+            count = data.shape[3] if len(data.shape) == 4 else 1
+            for channel in range(count):
+                found += 1
+                yield _nifti_slabs(data, channel if len(data.shape) == 4 else None)
         else:
-            arrays += _read_other(path)
-    if len(arrays) != channels:
-        raise ValueError(f"{case.image[0]}: {len(arrays)} channels, expected {channels}")
-    return arrays
+            for array in _read_other(path):
+                found += 1
+                yield iter([(slice(0, array.shape[-1]), array)])
+    if found != channels:
+        raise ValueError(f"{case.image[0]}: {found} channels, expected {channels}")
+
+
+def _nifti_slabs(data: Any, channel: int | None) -> Iterator[tuple[slice, np.ndarray]]:
+    shape = data.shape[:3] if channel is not None else data.shape
+    if len(shape) < 3:
+        whole = np.asarray(data, dtype=np.float32)
+        yield slice(0, shape[-1]), whole if channel is None else whole[..., channel]
+        return
+    step = max(1, SLAB_VOXELS // (shape[0] * shape[1]))
+    for start in range(0, shape[2], step):
+        part = slice(start, min(start + step, shape[2]))
+        slab = data[:, :, part] if channel is None else data[:, :, part, channel]
+        yield part, np.asarray(slab, dtype=np.float32)
 
 
 def _read_other(path: Path) -> list[np.ndarray]:
@@ -209,28 +236,73 @@ def _read_label(path: Path) -> np.ndarray:
         data = np.asanyarray(nib.load(path).dataobj)
     else:
         data = _read_other(path)[0]
-    return np.rint(data).astype(np.int16)
+    if not np.issubdtype(data.dtype, np.integer):
+        data = np.rint(data)
+    return data.astype(np.int16, copy=False)
 
 
-def _nonzero_extent(arrays: Sequence[np.ndarray]) -> list[int]:
-    """Size per axis of the box holding every non-zero voxel of any channel."""
-    nonzero = np.zeros(arrays[0].shape, dtype=bool)
-    for array in arrays:
-        nonzero |= array != 0
-    if not nonzero.any():
-        return list(nonzero.shape)
-    extent = []
-    for axis in range(nonzero.ndim):
-        others = tuple(a for a in range(nonzero.ndim) if a != axis)
-        present = np.flatnonzero(nonzero.any(axis=others))
-        extent.append(int(present[-1] - present[0] + 1))
-    return extent
+def _member_of(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """``np.isin(label, values)`` for small non-negative label values, by table look-up (a
+    CT's 131 M voxels in a fraction of ``np.isin``'s time)."""
+    table = np.zeros(max(int(label.max()), *values) + 1, dtype=bool)
+    table[[value for value in values if value >= 0]] = True
+    return table[np.clip(label, 0, None)]
 
 
-def _sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    if values.size <= SAMPLES_PER_CASE:
+class _ChannelPass:
+    """Statistics of one case gathered slab by slab: samples, exact zeros, and which
+    indices along each axis hold a non-zero voxel of any channel."""
+
+    def __init__(self, shape: Sequence[int], foreground: np.ndarray | None) -> None:
+        self.present = [np.zeros(size, dtype=bool) for size in shape]
+        self.foreground = foreground
+        self.voxels = int(np.prod(shape))
+        self.foreground_voxels = int(foreground.sum()) if foreground is not None else 0
+
+    def measure(
+        self, slabs: Iterator[tuple[slice, np.ndarray]], rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Whole-image sample, foreground sample and zero share of one channel."""
+        image, foreground, zeros = [], [], 0
+        for part, slab in slabs:
+            nonzero = slab != 0
+            zeros += slab.size - int(np.count_nonzero(nonzero))
+            for axis in range(slab.ndim):
+                hit = nonzero.any(axis=tuple(a for a in range(slab.ndim) if a != axis))
+                if axis == slab.ndim - 1:
+                    self.present[axis][part] |= hit
+                else:
+                    self.present[axis] |= hit
+            image.append(_share(slab.reshape(-1), slab.size / self.voxels, rng))
+            if self.foreground is not None and self.foreground.shape == self.present_shape:
+                values = slab[self.foreground[..., part]]
+                share = values.size / max(self.foreground_voxels, 1)
+                foreground.append(_share(values, share, rng))
+        return _joined(image), _joined(foreground), round(zeros / self.voxels, 4)
+
+    @property
+    def present_shape(self) -> tuple[int, ...]:
+        """The spatial shape being measured."""
+        return tuple(len(axis) for axis in self.present)
+
+    def extent(self) -> list[int]:
+        """Size per axis of the box holding every non-zero voxel seen (all when none)."""
+        if not any(axis.any() for axis in self.present):
+            return list(self.present_shape)
+        extent = []
+        for axis in self.present:
+            hit = np.flatnonzero(axis)
+            extent.append(int(hit[-1] - hit[0] + 1))
+        return extent
+
+
+def _share(values: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """A uniform sample of ``values`` of ``share`` of ``SAMPLES_PER_CASE`` values (all of
+    them when there are fewer), so the slabs of one case add up to one case's sample."""
+    count = min(values.size, round(share * SAMPLES_PER_CASE))
+    if count >= values.size:
         return values.astype(np.float32, copy=True)
-    return values[rng.choice(values.size, SAMPLES_PER_CASE, replace=False)].astype(np.float32)
+    return values[rng.choice(values.size, count, replace=False)].astype(np.float32)
 
 
 def _label_statistics(label: np.ndarray, structures: dict[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -238,7 +310,7 @@ def _label_statistics(label: np.ndarray, structures: dict[str, tuple[int, ...]])
 
     stats = {}
     for name, values in structures.items():
-        mask = np.isin(label, values)
+        mask = _member_of(label, values)
         components, count = ndimage.label(mask)
         sizes = np.bincount(components.ravel())[1:] if count else np.zeros(0, dtype=int)
         del components
@@ -280,16 +352,16 @@ def fingerprint_dataset(
                 labels[name]["voxels"].append(stats["voxels"])
                 labels[name]["components"].append(stats["components"])
                 labels[name]["component_sizes"].append(stats["sizes"].tolist())
-            foreground = np.isin(label, labelled_values)
+            foreground = _member_of(label, labelled_values)
             del label
-        arrays = _read_channels(case, len(channels))
-        for name, array in zip(channels, arrays, strict=True):
-            flat = array.reshape(-1)
-            samples[name]["image"].append(_sample(flat, rng))
-            if foreground is not None and foreground.shape == array.shape[: foreground.ndim]:
-                samples[name]["foreground"].append(_sample(array[foreground], rng))
-            zero_share[name].append(round(float(np.count_nonzero(flat == 0) / flat.size), 4))
-        extent = _nonzero_extent(arrays)[: index.spatial_dims]
+        measured = _ChannelPass(shape, foreground)
+        slabs = _channel_slabs(case, len(channels))
+        for name, channel in zip(channels, slabs, strict=True):
+            image, labelled, zeros = measured.measure(channel, rng)
+            samples[name]["image"].append(image)
+            samples[name]["foreground"].append(labelled)
+            zero_share[name].append(zeros)
+        extent = measured.extent()
         geometry.append(
             CaseGeometry(
                 shape=[shape[axis] for axis in order],
@@ -299,7 +371,7 @@ def fingerprint_dataset(
                 crop_ratio=round(float(np.prod(extent) / np.prod(shape)), 4),
             )
         )
-        del arrays, foreground
+        del foreground, measured
     return Fingerprint(
         layout=index.layout,
         modality=index.modality,

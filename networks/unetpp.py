@@ -138,9 +138,10 @@ class UNetPlusPlus(nn.Module):
         divisor = self.divisor(level)
         spatial = tuple(x.shape[2:])
         if any(size % k for size, k in zip(spatial, divisor, strict=True)):
+            shown = divisor[0] if len(set(divisor)) == 1 else divisor
             raise ValueError(
-                f"UNet++ at level {level} needs spatial sizes divisible by {divisor}, "
-                f"got {spatial}; pad the input (e.g. monai.transforms.DivisiblePad(k={divisor}))"
+                f"UNet++ at level {level} needs each spatial size divisible by {shown}, "
+                f"got {spatial}; pad the input (e.g. monai.transforms.DivisiblePad(k={shown}))"
             )
         outputs: dict[tuple[int, int], torch.Tensor] = {}
         for depth_index in range(level + 1):

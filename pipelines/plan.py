@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.datasets.fingerprint import Fingerprint
+from medseg.datasets.fingerprint import Fingerprint, significant
 from medseg.errors import ConfigError
 
 PLAN_VERSION = 1
@@ -84,7 +84,7 @@ def target_spacing(fingerprint: Fingerprint) -> list[float] | None:
         if spacing_ratio >= ANISOTROPY and voxel_ratio >= ANISOTROPY:
             tenth = float(np.percentile(spacings[:, coarse], 10))
             target[coarse] = max(tenth, max(target[others]))
-    return [round(float(size), 4) for size in target]
+    return significant(target).tolist()
 
 
 def normalization(fingerprint: Fingerprint) -> str:
@@ -189,11 +189,14 @@ def _probe(
     key = repr((choice, sorted(options.items()), list(shape)))
     if key not in _PROBES:
         network = _build(choice, options).train()
+        # Weights are saved for the backward pass too; they are counted once, apart.
+        weights = {parameter.untyped_storage().data_ptr() for parameter in network.parameters()}
         kept: dict[tuple[int, int], int] = {}
 
         def pack(tensor: torch.Tensor) -> torch.Tensor:
             storage = tensor.untyped_storage()
-            kept[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+            if storage.data_ptr() not in weights:
+                kept[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
             return tensor
 
         inputs = torch.zeros(1, choice.in_channels, *shape)

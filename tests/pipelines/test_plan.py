@@ -154,7 +154,9 @@ def test_plan_resolves_every_auto_choice_within_the_budget(mri_folder):
     assert resolved.transforms.foreground_crop is True
     strides = resolved.network.options["strides"]
     divisor = np.prod(strides, axis=0)
-    assert all(size % k == 0 for size, k in zip(resolved.transforms.patch_size, divisor))
+    assert all(
+        size % k == 0 for size, k in zip(resolved.transforms.patch_size, divisor, strict=True)
+    )
     assert isinstance(resolved.train.batch_size, int) and resolved.train.batch_size >= 1
     assert planned.plan["memory_estimate_gb"] <= 2.0
     planned_keys = [
