@@ -10,10 +10,11 @@ them, so the headers of two formats compare directly. The readers in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,18 @@ class ImageHeader:
     affine: np.ndarray | None
 
 
+@contextlib.contextmanager
+def quiet_itk() -> Iterator[None]:
+    """Silence ITK's own warnings (GDCM writes two lines on stderr for a folder without
+    DICOM files) while the block runs; the previous setting is restored after it."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
 def suffix_of(path: Path) -> str:
     """The image suffix of ``path`` (``.nii.gz`` counts as one), lower case; ``""`` if unknown."""
     name = path.name.lower()
@@ -90,7 +103,8 @@ def is_image(path: Path) -> bool:
     if path.name.startswith("."):
         return False
     if path.is_dir():
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+        with quiet_itk():
+            return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
     return suffix_of(path) not in ("", ".img", ".img.gz")
 
 
@@ -301,7 +315,8 @@ def dicom_series_files(folder: Path) -> list[str]:
     series has a gap between slice positions (a missing slice: SimpleITK would only warn
     and stack the slices as if they were evenly spaced).
     """
-    series = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    with quiet_itk():
+        series = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not series:
         raise UnusableImageError("no DICOM series in the folder")
     candidates = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series]
