@@ -147,6 +147,15 @@ def evaluate(
             f"need workers >= 1, worst_cases >= 0, tolerance_mm >= 0; got {workers}, "
             f"{worst_cases}, {tolerance_mm}"
         )
+    # The report's files (metrics.csv, summary.json, plots) may not land among the files
+    # it reads; a new folder below them is harmless (PRED_DIR/evaluation is the default).
+    read = {pred_dir.resolve()} | {Path(path).parent.resolve() for path in references.values()}
+    read |= {Path(path).parent.resolve() for path in (images or {}).values()}
+    if output_dir.resolve() in read:
+        raise ConfigError(
+            f"{output_dir}: holds predictions, references or images that the report would "
+            "sit among; choose another --output (default: PRED_DIR/evaluation)"
+        )
     predictions, problems = _pair_cases(pred_dir, references)
     score = partial(_score_case, scheme=scheme, tolerance_mm=tolerance_mm, rule=rule)
     jobs = [(c, predictions[c], Path(references[c])) for c in sorted(predictions)]
@@ -278,6 +287,13 @@ def _score_case(
         except Exception as error:  # a bad file fails its case, not the batch
             return [], CaseProblem(case_id, path, f"unreadable: {error}")
     prediction, reference = volumes
+    for path, volume in ((prediction_path, prediction), (reference_path, reference)):
+        outside = sorted(set(np.unique(volume.array).tolist()) - scheme.allowed_values)
+        if outside:
+            shown = ", ".join(map(str, outside[:5])) + (" ..." if len(outside) > 5 else "")
+            allowed = ", ".join(map(str, sorted(scheme.allowed_values)))
+            reason = f"label values {shown} are outside the label set ({allowed})"
+            return [], CaseProblem(case_id, path, reason)
     if prediction.array.shape != reference.array.shape:
         reason = f"shape {prediction.array.shape} differs from the reference's"
         return [], CaseProblem(case_id, prediction_path, f"{reason} {reference.array.shape}")

@@ -23,7 +23,7 @@ from medseg.config import Config, config_to_dict
 from medseg.datasets import discover
 from medseg.datasets.splits import kfold_splits, load_splits, save_splits
 from medseg.errors import ConfigError
-from medseg.files import write_text_atomic
+from medseg.files import is_within, require_outside, write_text_atomic
 from medseg.pipelines.checkpoints import load_checkpoint, save_checkpoint
 from medseg.pipelines.distributed import process_group, process_info
 from medseg.pipelines.inference import resolve_device
@@ -174,6 +174,7 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
     unusable data or a bad network choice.
     """
     run_dir = Path(config.output)
+    _require_apart(run_dir, Path(config.data.root))
     if resume and not (run_dir / LAST).exists():
         raise ConfigError(f"{run_dir}: nothing to resume (no {LAST})")
     if not resume and (run_dir / LAST).exists():
@@ -240,6 +241,17 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
         run_id=tracker.run_id,
         tracking_uri=tracker.uri if tracker.run_id else None,
     )
+
+
+def _require_apart(run_dir: Path, data_root: Path) -> None:
+    """Refuse a run directory equal to, inside or above the data root: a run writes
+    config.yaml, model/, checkpoints and plots there, over any user file of those names."""
+    require_outside(run_dir, [data_root], "output (--set output=DIR)")
+    if is_within(data_root, run_dir):
+        raise ConfigError(
+            f"{run_dir}: holds the data root {data_root}; a run's files (config.yaml, model/ "
+            "...) could replace data there; choose another output (--set output=DIR)"
+        )
 
 
 def _finish(run_dir: Path, config: Config, outcome: dict[str, Any], tracker: Tracker) -> None:
