@@ -191,10 +191,21 @@ def _nifti_header(path: Path) -> ImageHeader:
     image = nib.load(path)
     if getattr(image, "affine", None) is None:
         raise UnusableImageError(f"not a volume ({type(image).__name__} has no affine)")
+    _require_real(np.dtype(image.get_data_dtype()))
     check_nifti_complete(image)
     shape = tuple(int(s) for s in image.shape)
     spatial = shape[: min(len(shape), 3)]
     return ImageHeader(spatial, math.prod(shape[3:]), np.array(image.affine, dtype=np.float64))
+
+
+def _require_real(dtype: np.dtype) -> None:
+    # Readers reduce complex voxels to their real part without a word, which for MRI
+    # k-space or phase data is a different image.
+    if dtype.kind == "c":
+        raise UnusableImageError(
+            f"complex voxel type {dtype.name}; medseg segments real-valued images "
+            "(convert to the magnitude first)"
+        )
 
 
 def tiff_axes(axes: str) -> tuple[list[int], int | None]:
@@ -235,6 +246,7 @@ def _tiff_header(path: Path) -> ImageHeader:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         spatial_axes, channel_axis = tiff_axes(series.axes)
+        _require_real(np.dtype(series.dtype))
         check_tiff_complete(tif, path)
         shape = tuple(int(series.shape[i]) for i in spatial_axes)
         channels = 1 if channel_axis is None else int(series.shape[channel_axis])
@@ -280,6 +292,11 @@ def _itk_header(path: Path) -> ImageHeader:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
+    if "complex" in sitk.GetPixelIDValueAsString(reader.GetPixelID()):
+        raise UnusableImageError(
+            f"complex voxel type ({sitk.GetPixelIDValueAsString(reader.GetPixelID())}); "
+            "medseg segments real-valued images (convert to the magnitude first)"
+        )
     if path.suffix.lower() == ".dcm":
         # Without pydicom, reading the one slice is the only check of its pixel data.
         sitk.ReadImage(str(path))

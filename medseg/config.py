@@ -8,6 +8,7 @@ whose one-line message names the file, the dotted key and what is wrong.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -270,15 +271,42 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
+def non_finite_key(data: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite number in ``data`` (nested mappings and
+    lists, as ``model_dump`` gives them), or None when every number is finite."""
+    if isinstance(data, dict):
+        items: Any = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return None
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return name
+        found = non_finite_key(value, f"{name}.") if isinstance(value, dict | list) else None
+        if found:
+            return found
+    return None
+
+
 def parse_config(raw: Any, source: str, overrides: list[str] | None = None) -> Config:
-    """Validate a config mapping (``source`` names it in errors) after applying overrides."""
+    """Validate a config mapping (``source`` names it in errors) after applying overrides.
+
+    NaN and infinite numbers are refused wherever they are (``train.lr=inf`` trains to a
+    NaN loss), including strings such as ``"inf"`` that pydantic reads as numbers.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a config must be a YAML mapping of sections")
     raw = apply_overrides(raw, overrides or [])
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"{source}: {_describe(error)}") from None
+    key = non_finite_key(config.model_dump())
+    if key:
+        raise ConfigError(f"{source}: {key}: must be a finite number")
+    return config
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

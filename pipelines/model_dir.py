@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medseg import __version__
+from medseg.config import non_finite_key
 from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
 from medseg.pipelines.postprocess import Postprocessing
@@ -117,7 +118,7 @@ def read_model_config(directory: Path) -> ModelConfig:
         raise ConfigError(f"{directory}: model directory not found")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return ModelConfig.model_validate(raw)
+        config = ModelConfig.model_validate(raw)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: missing; a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
@@ -125,6 +126,44 @@ def read_model_config(directory: Path) -> ModelConfig:
     except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as error:
         first = str(error).splitlines()[0]
         raise ConfigError(f"{path}: not a medseg model config ({first})") from None
+    key = non_finite_key(config.model_dump())
+    if key:
+        raise ConfigError(f"{path}: {key}: must be a finite number")
+    return config
+
+
+def load_weights(network: Any, state: Any, source: Path) -> None:
+    """Load ``state`` into ``network`` after checking it fits and is finite.
+
+    Raises ``ConfigError`` naming ``source`` and the first tensor that is missing, extra,
+    of another shape, or holding NaN or infinite values (such weights segment every
+    voxel as background without a word).
+    """
+    import torch
+
+    expected = network.state_dict()
+    if not isinstance(state, dict):
+        raise ConfigError(f"{source}: holds no mapping of tensors")
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise ConfigError(
+            f"{source}: weights do not fit this network ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors; first: {first})"
+        )
+    for name, tensor in expected.items():
+        value = state[name]
+        if not isinstance(value, torch.Tensor):
+            raise ConfigError(f"{source}: {name} is not a tensor")
+        if tuple(value.shape) != tuple(tensor.shape):
+            raise ConfigError(
+                f"{source}: tensor {name} has shape {list(value.shape)}, the network needs "
+                f"{list(tensor.shape)}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ConfigError(f"{source}: tensor {name} holds NaN or infinite values")
+    network.load_state_dict(state)
 
 
 def load_model_dir(directory: Path) -> tuple[ModelConfig, Any]:
@@ -144,13 +183,7 @@ def load_model_dir(directory: Path) -> tuple[ModelConfig, Any]:
         raise ConfigError(f"{weights}: missing") from None
     except (SafetensorError, OSError) as error:
         raise ConfigError(f"{weights}: not a safetensors file ({error})") from None
-    result = network.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ConfigError(
-            f"{weights}: weights do not fit {config.network.name}/{config.network.preset} "
-            f"({len(result.missing_keys)} missing, "
-            f"{len(result.unexpected_keys)} unexpected tensors)"
-        )
+    load_weights(network, state, weights)
     return config, network.eval()
 
 
@@ -184,6 +217,6 @@ def open_model(spec: str | Path) -> tuple[ModelConfig, Any]:
 
         config = read_model_config(path.parent / "model")
         network = build_from_config(config)
-        network.load_state_dict(load_checkpoint(path)["network"])
+        load_weights(network, load_checkpoint(path)["network"], path)
         return config, network.eval()
     return load_model_dir(path)
