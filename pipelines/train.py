@@ -12,6 +12,7 @@ import io
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from medseg.pipelines.model_dir import (
     InferenceSpec,
     ModelConfig,
     NetworkSpec,
+    build_from_config,
     load_model_dir,
     save_model_dir,
 )
@@ -38,6 +40,7 @@ from medseg.pipelines.plots import plot_learning_curve
 from medseg.pipelines.postprocess import Postprocessing
 from medseg.pipelines.tracking import Tracker
 from medseg.pipelines.trainer import BEST, LAST, Trainer
+from medseg.pipelines.training_memory import require_training_memory
 from medseg.transforms.presets import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -204,6 +207,13 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
     info = process_info()
     if device.type == "cuda" and info.distributed:
         device = torch.device("cuda", info.local_rank)
+    require_training_memory(
+        partial(build_from_config, model_config),
+        model_config.network.in_channels,
+        model_config.inference.roi_size,
+        max(1, config.train.batch_size // info.world_size) * config.transforms.samples_per_case,
+        device,
+    )
     state = load_checkpoint(run_dir / LAST) if resume else None
     tracker = Tracker(
         enabled=config.tracking.enabled and info.is_main,

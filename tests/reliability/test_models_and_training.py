@@ -146,3 +146,35 @@ def test_complex_images_are_refused_by_name(tmp_path, volume, ct_model_dir, meds
     assert "complex.nii" in result.out and "complex voxel type complex64" in result.out
     assert (tmp_path / "out" / "real.nii.gz").is_file()
     assert not (tmp_path / "out" / "complex.nii.gz").exists()
+
+
+# ---- 9: a training patch beyond memory is refused before training ----
+
+
+def test_a_patch_beyond_memory_is_refused_with_the_largest_that_fits(
+    tmp_path, lits_data, medseg_cli, monkeypatch
+):
+    from medseg.pipelines import resources
+    from medseg.pipelines.training_memory import training_bytes
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 2**30)
+    config = training_config(tmp_path, lits_data)
+    result = medseg_cli("train", config, "--set", "transforms.patch_size=[256, 256, 256]")
+    one_line_refusal(result, 2, "transforms.patch_size [256, 256, 256]", "largest patch")
+    assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
+    suggested = [int(s) for s in result.err.split("fits is about [")[1].split("]")[0].split(",")]
+
+    from medseg.networks import build_network
+
+    def build():
+        return build_network(
+            "unetpp",
+            spatial_dims=3,
+            in_channels=1,
+            out_channels=3,
+            preset="tiny",
+            features=[2, 4, 8],
+        )
+
+    assert training_bytes(build, 1, suggested, 1) <= 2**30  # batch 1, 1 sample a case
+    assert training_bytes(build, 1, [s + 16 for s in suggested], 1) > 2**30
