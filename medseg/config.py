@@ -12,10 +12,18 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medseg.errors import ConfigError
+from medseg.files import read_regular_text
+from medseg.yaml_input import describe_validation_error, load_yaml
 
 Layout = Literal["brats", "lits", "msd", "em", "isic", "folder"]
 Modality = Literal["mri", "ct", "em", "rgb"]
@@ -42,13 +50,15 @@ class DataConfig(_Section):
     holdout: float | None = Field(None, gt=0, lt=1)
     split_seed: int = 0
 
-    @field_validator("fold")
-    @classmethod
-    def _fold_in_range(cls, fold: int, info: Any) -> int:
-        folds = info.data.get("folds", 5)
-        if fold >= folds:
-            raise ValueError(f"fold {fold} does not exist with folds={folds} (use 0..{folds - 1})")
-        return fold
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> DataConfig:
+        # After the whole section: ``folds`` is declared after ``fold``, so a field
+        # validator on ``fold`` would read the default instead of the given value.
+        if self.fold >= self.folds:
+            raise ValueError(
+                f"fold {self.fold} does not exist with folds={self.folds} (use 0..{self.folds - 1})"
+            )
+        return self
 
 
 class NetworkConfig(_Section):
@@ -250,25 +260,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 where = ".".join(parts[: depth + 1])
                 raise ConfigError(f"--set {override!r}: {where} is not a section")
             node = child
-        try:
-            node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--set {override!r}: value is not valid YAML ({error})") from None
+        node[parts[-1]] = load_yaml(text, f"--set {override!r}") if text.strip() else ""
     return result
-
-
-def _describe(error: ValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            problems.append(f"{key}: unknown key")
-        elif item["type"] == "missing":
-            problems.append(f"{key}: required key missing")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {message} (got {item.get('input')!r})")
-    return "; ".join(problems)
 
 
 def non_finite_key(data: Any, prefix: str = "") -> str | None:
@@ -302,7 +295,7 @@ def parse_config(raw: Any, source: str, overrides: list[str] | None = None) -> C
     try:
         config = Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(f"{source}: {_describe(error)}") from None
+        raise ConfigError(f"{source}: {describe_validation_error(error)}") from None
     key = non_finite_key(config.model_dump())
     if key:
         raise ConfigError(f"{source}: {key}: must be a finite number")
@@ -317,18 +310,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read config ({error})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return parse_config(raw, str(path), overrides)
+    return parse_config(load_yaml(text, str(path)), str(path), overrides)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -94,6 +95,21 @@ def require_outside(
             raise ConfigError(
                 f"{output}: {where}, whose files could be overwritten; choose another {option}"
             )
+
+
+def require_regular_file(path: str | os.PathLike[str]) -> None:
+    """Raise ``ConfigError`` unless ``path`` is a regular file (after symbolic links): a
+    named pipe under a file's name would block a reader forever. A missing file raises
+    ``FileNotFoundError``, for the caller to name."""
+    mode = Path(path).stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path}: not a regular file (a pipe, socket, device or folder)")
+
+
+def read_regular_text(path: str | os.PathLike[str]) -> str:
+    """The UTF-8 text of the regular file ``path`` (see ``require_regular_file``)."""
+    require_regular_file(path)
+    return Path(path).read_text(encoding="utf-8")
 
 
 def write_atomic(target: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:

@@ -10,17 +10,19 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medseg import __version__
 from medseg.config import non_finite_key
 from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
+from medseg.files import read_regular_text, require_regular_file
 from medseg.pipelines.postprocess import Postprocessing
 from medseg.transforms.presets import Preprocessing
+from medseg.yaml_input import describe_validation_error, load_yaml
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "weights.safetensors"
@@ -45,9 +47,16 @@ class InferenceSpec(_Strict):
     """Sliding-window settings: window size (voxels), overlap, window batch, blending."""
 
     roi_size: list[int]
-    overlap: float = 0.5
-    sw_batch_size: int = 2
-    mode: str = "gaussian"
+    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(2, ge=1)
+    mode: Literal["gaussian", "constant"] = "gaussian"
+
+    @field_validator("roi_size")
+    @classmethod
+    def _roi_dims(cls, roi_size: list[int]) -> list[int]:
+        if len(roi_size) not in (2, 3) or min(roi_size) < 1:
+            raise ValueError(f"must be 2 or 3 positive sizes, got {roi_size}")
+        return roi_size
 
 
 class ModelConfig(_Strict):
@@ -117,15 +126,17 @@ def read_model_config(directory: Path) -> ModelConfig:
     if not Path(directory).is_dir():
         raise ConfigError(f"{directory}: model directory not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(read_regular_text(path), str(path))
         config = ModelConfig.model_validate(raw)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: missing; a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
         ) from None
-    except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as error:
-        first = str(error).splitlines()[0]
-        raise ConfigError(f"{path}: not a medseg model config ({first})") from None
+    except ValidationError as error:
+        reason = describe_validation_error(error)
+        raise ConfigError(f"{path}: not a medseg model config ({reason})") from None
+    except (UnicodeDecodeError, OSError) as error:
+        raise ConfigError(f"{path}: unreadable ({error})") from None
     key = non_finite_key(config.model_dump())
     if key:
         raise ConfigError(f"{path}: {key}: must be a finite number")
@@ -178,6 +189,7 @@ def load_model_dir(directory: Path) -> tuple[ModelConfig, Any]:
     network = build_from_config(config)
     weights = Path(directory) / WEIGHTS_FILE
     try:
+        require_regular_file(weights)
         state = load_file(weights)
     except FileNotFoundError:
         raise ConfigError(f"{weights}: missing") from None
@@ -188,6 +200,10 @@ def load_model_dir(directory: Path) -> tuple[ModelConfig, Any]:
 
 
 def _download(uri: str) -> Path:
+    from medseg.pipelines.tracking import limit_http_retries
+
+    # Without a cap MLflow retried an unreachable server for 263 s, warning seven times.
+    limit_http_retries()
     import mlflow
 
     try:
