@@ -54,10 +54,12 @@ def _folder_cases(folder: Path, layout: str, inputs: Inputs) -> list[Case]:
             inputs.read_folders.add(index.root)
             inputs.problems += index.problems
             return index.cases
+    # Anything under an image name that is not a folder is a case, named pipes included:
+    # it then fails by name rather than being left out without a word.
     files = sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not _is_dicom(p)
+        if not p.is_dir() and p.name.lower().endswith(IMAGE_SUFFIXES) and not _is_dicom(p)
     )
     if not files and _holds_dicom_series(folder):
         return [Case(folder.name, (folder,))]

@@ -93,6 +93,9 @@ def read_volume(path: Path) -> Volume:
     (``transforms.readers.image_readers``), so a TIFF or PNG reference and the prediction
     made from its image share one grid and affine."""
     path = Path(path)
+    if not path.is_file():
+        # A named pipe under a prediction's name would block the read forever.
+        raise CaseError(f"{path}: not a regular file")
     if path.name.endswith((".nii", ".nii.gz")):
         import nibabel
 
@@ -104,8 +107,13 @@ def read_volume(path: Path) -> Volume:
         from monai.data.utils import to_affine_nd
         from monai.transforms import LoadImage
 
+        from medseg.datasets.headers import UnusableImageError, require_confined_data_file
         from medseg.transforms.readers import image_readers
 
+        try:
+            require_confined_data_file(path)
+        except UnusableImageError as error:
+            raise CaseError(f"{path}: {error}") from None
         image = LoadImage(reader=image_readers(), image_only=True, dtype=None)(str(path))
         array = np.asarray(image.array)
         zooms = tuple(float(z) for z in image.pixdim)
