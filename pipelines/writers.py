@@ -50,9 +50,9 @@ def write_label_like(reference: Path, labels: np.ndarray, target: Path) -> Path:
     """Write ``labels`` (uint8, the reference's spatial shape in file index order) to
     ``target`` with the reference file's geometry, atomically.
 
-    NIfTI: the reference header's affine, qform/sform and their codes are kept, intensity
-    scaling is cleared and the data type is uint8. Other formats: origin, spacing and
-    direction copied by SimpleITK.
+    NIfTI: the reference header's geometry fields (qform/sform, their codes, pixdim)
+    are copied as stored, intensity scaling is cleared and the data type is uint8. Other
+    formats: origin, spacing and direction copied by SimpleITK.
     """
     labels = np.asarray(labels, dtype=np.uint8)
     if target.name.endswith((".nii", ".nii.gz")):
@@ -60,9 +60,12 @@ def write_label_like(reference: Path, labels: np.ndarray, target: Path) -> Path:
         header = source.header.copy()
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(None, None)
-        image = type(source)(labels, source.affine, header=header)
-        image.set_qform(source.get_qform(), code=int(source.header["qform_code"]))
-        image.set_sform(source.get_sform(), code=int(source.header["sform_code"]))
+        header.set_data_shape(labels.shape)
+        # No affine: the header's own geometry fields (qform and sform codes, quaternion,
+        # offsets, srow rows, pixdim and qfac) are written as they are. Going through
+        # get_qform/set_qform recomputed them, and failed on a real file whose unused
+        # (code 0) quaternion is not a rotation ("w2 should be positive").
+        image = type(source)(labels, None, header=header)
         return write_atomic(target, lambda path: nib.save(image, path))
     import SimpleITK as sitk
 
