@@ -64,8 +64,11 @@ def load_yaml(text: str, source: str) -> Any:
     ``MAX_NODES`` nodes or into itself."""
     if len(text) > MAX_BYTES:
         raise ConfigError(f"{source}: {len(text)} characters; a config is under {MAX_BYTES}")
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        # The reader checks the characters as the loader is made (a control character
+        # fails here).
+        loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
         if root is None:
             return None
@@ -82,7 +85,8 @@ def load_yaml(text: str, source: str) -> Any:
     except RecursionError:
         raise ConfigError(f"{source}: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def shorten(value: Any) -> str:
