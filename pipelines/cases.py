@@ -15,13 +15,15 @@ from medseg.errors import ConfigError
 @dataclass
 class Inputs:
     """What ``medseg predict`` was given: the usable ``cases`` in order, the ``problems`` of
-    cases a layout's discovery left out (each a failed case, never a silent omission), and
-    ``read_folders``: every folder an input lives in or a layout reads (input arguments,
-    dataset roots, the folders of every image and label), which an output must stay out of.
+    cases a layout's discovery left out (each a failed case, never a silent omission),
+    ``roots``: folders given as inputs and dataset roots, which an output may not be or lie
+    inside, and ``read_folders``: the folders of every image and label read, which an
+    output may not be (a new folder beside or below input files is fine).
     """
 
     cases: list[Case] = field(default_factory=list)
     problems: list[CaseProblem] = field(default_factory=list)
+    roots: set[Path] = field(default_factory=set)
     read_folders: set[Path] = field(default_factory=set)
 
 
@@ -51,7 +53,7 @@ def _folder_cases(folder: Path, layout: str, inputs: Inputs) -> list[Case]:
         except ConfigError:
             pass  # not a folder of this layout: read it as a folder of image files
         else:
-            inputs.read_folders.add(index.root)
+            inputs.roots.add(index.root)
             inputs.problems += index.problems
             return index.cases
     # Anything under an image name that is not a folder is a case, named pipes included:
@@ -85,7 +87,10 @@ def collect_cases(inputs: list[str], layout: str) -> Inputs:
     seen: dict[str, Path] = {}
     for text in inputs:
         for path in _expand(text):
-            found_inputs.read_folders.add(path if path.is_dir() else path.parent)
+            if path.is_dir():
+                found_inputs.roots.add(path)
+            else:
+                found_inputs.read_folders.add(path.parent)
             before = len(found_inputs.problems)
             found = (
                 _folder_cases(path, layout, found_inputs)
@@ -109,10 +114,10 @@ def collect_cases(inputs: list[str], layout: str) -> Inputs:
                 found_inputs.read_folders.add(file if file.is_dir() else file.parent)
     # An input inside an MSD/nnU-Net root (its imagesTr/, say) puts the whole root off
     # limits: labelsTr/ beside it holds references named as the predictions would be.
-    for folder in list(found_inputs.read_folders):
+    for folder in found_inputs.roots | found_inputs.read_folders:
         for candidate in (folder, folder.parent):
             if (candidate / "dataset.json").is_file():
-                found_inputs.read_folders.add(candidate)
+                found_inputs.roots.add(candidate)
     return found_inputs
 
 

@@ -123,7 +123,9 @@ def predict(
     inputs_found = collect_cases(inputs, config.preprocessing.layout)
     cases, rank, world = shard(inputs_found.cases)
     output_dir = Path(output_dir)
-    require_outside(output_dir, sorted(inputs_found.read_folders), "--output")
+    require_outside(output_dir, sorted(inputs_found.roots), "--output")
+    if output_dir.resolve() in {folder.resolve() for folder in inputs_found.read_folders}:
+        raise ConfigError(f"{output_dir}: is an input folder; choose another --output")
     require_writable(output_dir)
     target_device = resolve_device(device)
     segmenter = Segmenter(

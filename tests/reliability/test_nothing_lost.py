@@ -99,11 +99,25 @@ def test_output_through_a_symlink_into_the_input_is_refused(
 ):
     (tmp_path / "link").symlink_to(ct_inputs)
     before = fingerprint(ct_inputs)
-    result = medseg_cli(
-        "predict", small_ct_model, ct_inputs / "volume-0.nii", "-o", tmp_path / "link" / "out"
-    )
+    result = medseg_cli("predict", small_ct_model, ct_inputs, "-o", tmp_path / "link" / "out")
     assert result.code == 2 and "input folder" in result.err, result.err
+    result = medseg_cli(
+        "predict", small_ct_model, ct_inputs / "volume-0.nii", "-o", tmp_path / "link"
+    )
+    assert result.code == 2 and "is an input folder" in result.err, result.err
     assert fingerprint(ct_inputs) == before and not (ct_inputs / "out").exists()
+
+
+def test_a_new_folder_beside_input_files_is_a_valid_output(
+    tmp_path, ct_inputs, small_ct_model, medseg_cli
+):
+    before = fingerprint(ct_inputs)
+    result = medseg_cli(
+        "predict", small_ct_model, str(ct_inputs / "*.nii"), "-o", ct_inputs / "predictions"
+    )
+    assert result.code == 0, result.out + result.err
+    assert (ct_inputs / "predictions" / "volume-0.nii.gz").is_file()
+    assert {k: v for k, v in fingerprint(ct_inputs).items() if "predictions" not in k} == before
 
 
 # ---- 2: cases a layout rejects are named failures ----
