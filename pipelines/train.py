@@ -182,7 +182,10 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
     _require_apart(run_dir, Path(config.data.root))
     if not process_info().is_main:
         return _train_unlocked(config, resume=resume, show_progress=show_progress)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in its place, a read-only or full disk
+        raise ConfigError(f"{run_dir}: cannot create the run folder ({error})") from None
     # Two runs into one folder would interleave their checkpoints and model/; the kernel
     # frees the lock when its holder dies, so a killed run can be resumed at once.
     lock = try_lock(run_dir / "training")

@@ -94,3 +94,10 @@ def test_pruning_output_inside_the_data_is_refused(tmp_path, lits, ct_model_dir,
     result = medseg_cli("prune", ct_model_dir, lits, "--output", lits / "pruned")
     one_line_refusal(result, 2, "pruned", "input folder")
     assert fingerprint(lits) == before and not (lits / "pruned").exists()
+
+
+def test_a_file_where_the_run_folder_goes_is_one_line(tmp_path, lits, medseg_cli):
+    (tmp_path / "run").write_text("a user's file")
+    result = medseg_cli("train", train_config(tmp_path, lits))
+    one_line_refusal(result, 2, "run", "cannot create the run folder")
+    assert (tmp_path / "run").read_text() == "a user's file"
