@@ -137,7 +137,9 @@ def read_model_config(directory: Path) -> ModelConfig:
         raise ConfigError(f"{path}: not a medseg model config ({reason})") from None
     except (UnicodeDecodeError, OSError) as error:
         raise ConfigError(f"{path}: unreadable ({error})") from None
-    key = non_finite_key(config.model_dump())
+    # Provenance (training metrics, dataset statistics) is a record, not a setting: a NaN
+    # there changes nothing the model computes.
+    key = non_finite_key(config.model_dump(exclude={"provenance"}))
     if key:
         raise ConfigError(f"{path}: {key}: must be a finite number")
     return config

@@ -115,6 +115,15 @@ def test_non_finite_model_settings_are_refused(tmp_path, volume, ct_model_dir, m
     one_line_refusal(result, 2, "config.yaml", "preprocessing.intensity.std", "finite")
 
 
+def test_a_nan_in_provenance_does_not_stop_a_model(tmp_path, volume, ct_model_dir, medseg_cli):
+    model = Path(shutil.copytree(ct_model_dir, tmp_path / "model"))
+    config = yaml.safe_load((model / "config.yaml").read_text())
+    config["provenance"]["validation"] = {"val/hd95/liver": float("nan")}
+    (model / "config.yaml").write_text(yaml.safe_dump(config))
+    result = medseg_cli("predict", model, volume, "-o", tmp_path / "out")
+    assert result.code == 0, result.out + result.err
+
+
 def test_a_diverging_loss_stops_training_naming_the_epoch(
     tmp_path, lits_data, medseg_cli, monkeypatch
 ):
