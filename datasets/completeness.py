@@ -40,19 +40,31 @@ class IncompleteError(Exception):
     """The file is shorter than its header says, or its compressed stream is broken."""
 
 
-def gzip_size(path: Path, offset: int = 0) -> int:
+# Decompressed bytes tolerated beyond what a header declares (NIfTI extensions, padding).
+GZIP_SLACK = 1 << 20
+
+
+def gzip_size(path: Path, offset: int = 0, expected: int | None = None) -> int:
     """Bytes the gzip stream in ``path`` (from byte ``offset``) decompresses to.
 
     Decompresses 1 MiB at a time; raises ``IncompleteError`` when the stream ends early, is
-    corrupt or fails its CRC.
+    corrupt or fails its CRC, or (given the ``expected`` size) expands more than
+    ``GZIP_SLACK`` past it: a small file of a small image that inflates to gigabytes
+    (a decompression bomb) is refused without inflating it all.
     """
     total = 0
+    limit = None if expected is None else expected + GZIP_SLACK
     with path.open("rb") as raw:
         raw.seek(offset)
         try:
             with gzip.GzipFile(fileobj=raw) as stream:
                 while chunk := stream.read(_CHUNK):
                     total += len(chunk)
+                    if limit is not None and total > limit:
+                        raise IncompleteError(
+                            f"compressed data expands past {limit} bytes where the header "
+                            f"declares {expected}; refused"
+                        )
         except EOFError:
             raise IncompleteError(
                 f"compressed data ends early (after {total} bytes): file truncated"
@@ -78,7 +90,7 @@ def check_nifti_complete(image: Any) -> None:
     data_file = Path(image.file_map["image"].filename)
     expected = proxy.offset + math.prod(proxy.shape) * proxy.dtype.itemsize
     if data_file.name.lower().endswith(".gz"):
-        _require(gzip_size(data_file), expected, "decompressed data")
+        _require(gzip_size(data_file, expected=expected), expected, "decompressed data")
     else:
         _require(data_file.stat().st_size, expected, "file")
 
@@ -242,4 +254,5 @@ def check_itk_complete(path: Path) -> None:
             if encoding == "raw":
                 _require(data_file.stat().st_size - offset, expected, str(data_file.name))
             else:
-                _require(gzip_size(data_file, offset), expected, "decompressed data")
+                decompressed = gzip_size(data_file, offset, expected=expected)
+                _require(decompressed, expected, "decompressed data")

@@ -10,10 +10,11 @@ them, so the headers of two formats compare directly. The readers in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,18 @@ class ImageHeader:
     affine: np.ndarray | None
 
 
+@contextlib.contextmanager
+def quiet_itk() -> Iterator[None]:
+    """Silence ITK's own warnings (GDCM writes two lines on stderr for a folder without
+    DICOM files) while the block runs; the previous setting is restored after it."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
 def suffix_of(path: Path) -> str:
     """The image suffix of ``path`` (``.nii.gz`` counts as one), lower case; ``""`` if unknown."""
     name = path.name.lower()
@@ -90,7 +103,8 @@ def is_image(path: Path) -> bool:
     if path.name.startswith("."):
         return False
     if path.is_dir():
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+        with quiet_itk():
+            return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
     return suffix_of(path) not in ("", ".img", ".img.gz")
 
 
@@ -105,6 +119,8 @@ def inspect_image(path: Path) -> ImageHeader:
     path = Path(path)
     if not path.exists():
         raise UnusableImageError("file missing")
+    if not path.is_dir() and not path.is_file():
+        raise UnusableImageError("not a regular file (a pipe, socket or device); refused")
     try:
         if path.is_dir():
             return _dicom_series_header(path)
@@ -177,10 +193,34 @@ def _nifti_header(path: Path) -> ImageHeader:
     image = nib.load(path)
     if getattr(image, "affine", None) is None:
         raise UnusableImageError(f"not a volume ({type(image).__name__} has no affine)")
+    require_usable_affine(np.asarray(image.affine, dtype=np.float64), min(len(image.shape), 3) or 1)
+    _require_real(np.dtype(image.get_data_dtype()))
     check_nifti_complete(image)
     shape = tuple(int(s) for s in image.shape)
     spatial = shape[: min(len(shape), 3)]
     return ImageHeader(spatial, math.prod(shape[3:]), np.array(image.affine, dtype=np.float64))
+
+
+def require_usable_affine(affine: np.ndarray, rank: int = 3) -> None:
+    """Raise ``UnusableImageError`` for a voxel-to-world affine with NaN or infinite
+    entries, or with a zero voxel size along one of the image's ``rank`` axes (a singular
+    3D grid): no output grid can be made from it."""
+    if not np.isfinite(affine).all():
+        raise UnusableImageError("header affine holds NaN or infinite values")
+    columns = affine[:3, :rank]
+    singular = rank == 3 and abs(float(np.linalg.det(columns))) == 0.0
+    if singular or (np.linalg.norm(columns, axis=0) == 0).any():
+        raise UnusableImageError("header affine is singular (a zero voxel size or direction)")
+
+
+def _require_real(dtype: np.dtype) -> None:
+    # Readers reduce complex voxels to their real part without a word, which for MRI
+    # k-space or phase data is a different image.
+    if dtype.kind == "c":
+        raise UnusableImageError(
+            f"complex voxel type {dtype.name}; medseg segments real-valued images "
+            "(convert to the magnitude first)"
+        )
 
 
 def tiff_axes(axes: str) -> tuple[list[int], int | None]:
@@ -221,6 +261,7 @@ def _tiff_header(path: Path) -> ImageHeader:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         spatial_axes, channel_axis = tiff_axes(series.axes)
+        _require_real(np.dtype(series.dtype))
         check_tiff_complete(tif, path)
         shape = tuple(int(series.shape[i]) for i in spatial_axes)
         channels = 1 if channel_axis is None else int(series.shape[channel_axis])
@@ -262,10 +303,57 @@ def itk_affine(
     return affine
 
 
+def _data_file_names(path: Path) -> list[str]:
+    """The data files a MetaImage (``ElementDataFile``) or detached NRRD (``data file``)
+    header names: one name, a LIST of them, or a printf pattern (checked as its folder)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".mha", ".mhd", ".nhdr", ".nrrd"):
+        return []
+    separator = b"=" if suffix in (".mha", ".mhd") else b":"
+    keys = (b"elementdatafile",) if separator == b"=" else (b"data file", b"datafile")
+    with path.open("rb") as handle:
+        head = handle.read(1 << 16)
+    lines = head.split(b"\n")
+    for number, line in enumerate(lines):
+        if separator == b":" and not line.strip():
+            return []  # a NRRD header ends at its first blank line
+        key, found, value = line.partition(separator)
+        if not found or key.strip().lower() not in keys:
+            continue
+        name = value.strip().decode("utf-8", "replace")
+        if name.upper() == "LOCAL":
+            return []
+        if name.upper().startswith("LIST"):
+            return [n.strip().decode("utf-8", "replace") for n in lines[number + 1 :] if n.strip()]
+        if "%" in name:
+            return [str(Path(name.split()[0]).parent / "pattern")]
+        return [name]
+    return []
+
+
+def require_confined_data_file(path: Path) -> None:
+    """Refuse a header whose data file lies outside the header's folder (an absolute path,
+    ``..``, or a symbolic link leading out): a crafted header could make medseg read
+    ``/etc/passwd`` as voxels."""
+    folder = path.parent.resolve()
+    for name in _data_file_names(path):
+        target = (path.parent / name).resolve()
+        if Path(name).is_absolute() or not (target == folder or folder in target.parents):
+            raise UnusableImageError(
+                f"data file {name!r} lies outside the header's folder; refused"
+            )
+
+
 def _itk_header(path: Path) -> ImageHeader:
+    require_confined_data_file(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
+    if "complex" in sitk.GetPixelIDValueAsString(reader.GetPixelID()):
+        raise UnusableImageError(
+            f"complex voxel type ({sitk.GetPixelIDValueAsString(reader.GetPixelID())}); "
+            "medseg segments real-valued images (convert to the magnitude first)"
+        )
     if path.suffix.lower() == ".dcm":
         # Without pydicom, reading the one slice is the only check of its pixel data.
         sitk.ReadImage(str(path))
@@ -290,25 +378,37 @@ def _itk_geometry(
     spatial = min(len(size), 3)
     channels = components * math.prod(size[spatial:])
     affine = itk_affine(direction, spacing, origin)
+    require_usable_affine(affine, spatial)
     return ImageHeader(tuple(int(s) for s in size[:spatial]), channels, affine)
 
 
 def dicom_series_files(folder: Path) -> list[str]:
     """The files of the DICOM series in ``folder``, in slice order; the series with the most
-    files when there are several (a scout or a dose report beside the scan), with a warning.
+    files when there are several (a scout or a dose report beside the scan), the lowest
+    series UID among equals, with a warning naming the series used.
 
     Raises ``UnusableImageError`` when the folder holds no DICOM series, or when the chosen
     series has a gap between slice positions (a missing slice: SimpleITK would only warn
     and stack the slices as if they were evenly spaced).
     """
-    series = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    with quiet_itk():
+        series = sorted(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not series:
         raise UnusableImageError("no DICOM series in the folder")
     candidates = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series]
-    files = list(max(candidates, key=len))
+    # The rule: most files, and among series of equal size the lowest series UID (in
+    # string order), so the same folder always gives the same series.
+    chosen = max(range(len(series)), key=lambda k: (len(candidates[k]), -k))
+    files = list(candidates[chosen])
     if len(series) > 1:
+        tied = sum(len(c) == len(files) for c in candidates) > 1
         logger.warning(
-            "%s: %d DICOM series; using the largest (%d files)", folder, len(series), len(files)
+            "%s: %d DICOM series; using %s (%d files: the largest%s)",
+            folder,
+            len(series),
+            series[chosen],
+            len(files),
+            ", lowest UID among equals" if tied else "",
         )
     _require_even_slices(files)
     return files

@@ -84,12 +84,15 @@ def synth(
         typer.Option(help="Size X Y [Z] (default: the real dataset's, e.g. 240 240 155)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; case i is the same for any N.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into a non-empty folder, replacing same-named files.")
+    ] = False,
 ) -> None:
     """Write realistic phantom cases in a public dataset's exact on-disk layout."""
     from medseg.datasets.synthetic import synthesize
 
     size = _parse_shape(shape) if shape else None
-    written = synthesize(layout, out_dir, cases=cases, shape=size, seed=seed)
+    written = synthesize(layout, out_dir, cases=cases, shape=size, seed=seed, overwrite=overwrite)
     logging.getLogger("medseg").info("wrote %d %s cases to %s", len(written), layout, out_dir)
 
 
@@ -328,6 +331,10 @@ def evaluate(
     from medseg.pipelines.references import find_references
 
     rule = EmptyRule(one_empty_distance=one_empty)
+    if output is not None:
+        from medseg.files import require_outside
+
+        require_outside(output, [ref_dir], "--output")
 
     references = find_references(ref_dir, layout=layout, labels=labels)
     result = run_evaluation(

@@ -8,14 +8,22 @@ whose one-line message names the file, the dotted key and what is wrong.
 from __future__ import annotations
 
 import copy
-import re
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medseg.errors import ConfigError
+from medseg.files import read_regular_text
+from medseg.yaml_input import describe_validation_error, load_yaml
 
 Layout = Literal["brats", "lits", "msd", "em", "isic", "folder"]
 # The intensity rules of ``medseg.transforms.presets.NORMALIZATIONS``, named here so that
@@ -47,13 +55,15 @@ class DataConfig(_Section):
     holdout: float | None = Field(None, gt=0, lt=1)
     split_seed: int = 0
 
-    @field_validator("fold")
-    @classmethod
-    def _fold_in_range(cls, fold: int, info: Any) -> int:
-        folds = info.data.get("folds", 5)
-        if fold >= folds:
-            raise ValueError(f"fold {fold} does not exist with folds={folds} (use 0..{folds - 1})")
-        return fold
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> DataConfig:
+        # After the whole section: ``folds`` is declared after ``fold``, so a field
+        # validator on ``fold`` would read the default instead of the given value.
+        if self.fold >= self.folds:
+            raise ValueError(
+                f"fold {self.fold} does not exist with folds={self.folds} (use 0..{self.folds - 1})"
+            )
+        return self
 
 
 class NetworkConfig(_Section):
@@ -269,45 +279,46 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 where = ".".join(parts[: depth + 1])
                 raise ConfigError(f"--set {override!r}: {where} is not a section")
             node = child
-        try:
-            node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--set {override!r}: value is not valid YAML ({error})") from None
+        node[parts[-1]] = load_yaml(text, f"--set {override!r}") if text.strip() else ""
     return result
 
 
-# Pydantic names the branch of a union (``int | "auto"``) in an error's location.
-_UNION_BRANCH = re.compile(r"^(int|float|str|bool|list\[.*\]|literal\[.*\]|constrained-.*)$")
-
-
-def _describe(error: ValidationError) -> str:
-    problems = []
-    seen = set()
-    for item in error.errors():
-        parts = [str(part) for part in item["loc"] if not _UNION_BRANCH.match(str(part))]
-        key = ".".join(parts) or "(top level)"
-        if key in seen:
-            continue  # one line per key: the first branch of a union says what was wanted
-        seen.add(key)
-        if item["type"] == "extra_forbidden":
-            problems.append(f"{key}: unknown key")
-        elif item["type"] == "missing":
-            problems.append(f"{key}: required key missing")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {message} (got {item.get('input')!r})")
-    return "; ".join(problems)
+def non_finite_key(data: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite number in ``data`` (nested mappings and
+    lists, as ``model_dump`` gives them), or None when every number is finite."""
+    if isinstance(data, dict):
+        items: Any = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return None
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return name
+        found = non_finite_key(value, f"{name}.") if isinstance(value, dict | list) else None
+        if found:
+            return found
+    return None
 
 
 def parse_config(raw: Any, source: str, overrides: list[str] | None = None) -> Config:
-    """Validate a config mapping (``source`` names it in errors) after applying overrides."""
+    """Validate a config mapping (``source`` names it in errors) after applying overrides.
+
+    NaN and infinite numbers are refused wherever they are (``train.lr=inf`` trains to a
+    NaN loss), including strings such as ``"inf"`` that pydantic reads as numbers.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a config must be a YAML mapping of sections")
     raw = apply_overrides(raw, overrides or [])
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(f"{source}: {_describe(error)}") from None
+        raise ConfigError(f"{source}: {describe_validation_error(error)}") from None
+    key = non_finite_key(config.model_dump())
+    if key:
+        raise ConfigError(f"{source}: {key}: must be a finite number")
+    return config
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -318,18 +329,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read config ({error})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return parse_config(raw, str(path), overrides)
+    return parse_config(load_yaml(text, str(path)), str(path), overrides)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -21,3 +21,9 @@ class CaseError(MedsegError):
     """One case (a file or a set of files) cannot be used; the rest of a batch goes on."""
 
     exit_code = 1
+
+
+class TrainingError(MedsegError):
+    """Training cannot go on (its loss became NaN or infinite): the settings need changing."""
+
+    exit_code = 2

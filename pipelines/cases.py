@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import glob
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.datasets import LAYOUTS, discover
-from medseg.datasets.base import Case
-from medseg.datasets.headers import IMAGE_SUFFIXES
+from medseg.datasets.base import Case, CaseProblem
+from medseg.datasets.headers import IMAGE_SUFFIXES, quiet_itk
 from medseg.errors import ConfigError
+
+
+@dataclass
+class Inputs:
+    """What ``medseg predict`` was given: the usable ``cases`` in order, the ``problems`` of
+    cases a layout's discovery left out (each a failed case, never a silent omission),
+    ``roots``: folders given as inputs and dataset roots, which an output may not be or lie
+    inside, and ``read_folders``: the folders of every image and label read, which an
+    output may not be (a new folder beside or below input files is fine).
+    """
+
+    cases: list[Case] = field(default_factory=list)
+    problems: list[CaseProblem] = field(default_factory=list)
+    roots: set[Path] = field(default_factory=set)
+    read_folders: set[Path] = field(default_factory=set)
 
 
 def strip_suffix(path: Path) -> str:
@@ -21,7 +37,7 @@ def strip_suffix(path: Path) -> str:
 
 def _expand(text: str) -> list[Path]:
     path = Path(text)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         return [path]
     # glob.glob, unlike Path.glob, takes absolute patterns such as /data/*/flair.nii.gz
     matches = sorted(Path(m) for m in glob.glob(text))  # noqa: PTH207
@@ -30,16 +46,22 @@ def _expand(text: str) -> list[Path]:
     return matches
 
 
-def _folder_cases(folder: Path, layout: str) -> list[Case]:
+def _folder_cases(folder: Path, layout: str, inputs: Inputs) -> list[Case]:
     if layout in LAYOUTS and layout != "folder":
         try:
-            return discover(layout, folder, need_labels=False).cases
+            index = discover(layout, folder, need_labels=False)
         except ConfigError:
             pass  # not a folder of this layout: read it as a folder of image files
+        else:
+            inputs.roots.add(index.root)
+            inputs.problems += index.problems
+            return index.cases
+    # Anything under an image name that is not a folder is a case, named pipes included:
+    # it then fails by name rather than being left out without a word.
     files = sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not _is_dicom(p)
+        if not p.is_dir() and p.name.lower().endswith(IMAGE_SUFFIXES) and not _is_dicom(p)
     )
     if not files and _holds_dicom_series(folder):
         return [Case(folder.name, (folder,))]
@@ -51,25 +73,31 @@ def _is_dicom(path: Path) -> bool:
     return path.name.lower().endswith(".dcm")
 
 
-def collect_cases(inputs: list[str], layout: str) -> list[Case]:
-    """Every case named by ``inputs``, in order, without duplicates.
+def collect_cases(inputs: list[str], layout: str) -> Inputs:
+    """Every case named by ``inputs``, in order, without duplicates (see ``Inputs``).
 
     A file is one case (its id is the name without suffix); a folder is read in the
     model's ``layout`` when it is one (a BraTS root or case folder gives multi-channel
-    cases), else as a folder of image files, else as one DICOM series (the largest when
-    there are several); other text is a glob. Raises
-    ``ConfigError`` for an input that matches nothing or a folder with no image.
+    cases, and every case the layout rejects is a problem), else as a folder of image
+    files, else as one DICOM series (the largest when there are several); other text is a
+    glob. Raises ``ConfigError`` for an input that matches nothing or a folder with no
+    image and no rejected case.
     """
-    cases: list[Case] = []
+    found_inputs = Inputs()
     seen: dict[str, Path] = {}
     for text in inputs:
         for path in _expand(text):
+            if path.is_dir():
+                found_inputs.roots.add(path)
+            else:
+                found_inputs.read_folders.add(path.parent)
+            before = len(found_inputs.problems)
             found = (
-                _folder_cases(path, layout)
+                _folder_cases(path, layout, found_inputs)
                 if path.is_dir()
                 else [Case(strip_suffix(path), (path,))]
             )
-            if path.is_dir() and not found:
+            if path.is_dir() and not found and len(found_inputs.problems) == before:
                 raise ConfigError(f"{path}: no image files found ({', '.join(IMAGE_SUFFIXES)})")
             for case in found:
                 if case.id in seen and seen[case.id] != case.image[0]:
@@ -79,11 +107,22 @@ def collect_cases(inputs: list[str], layout: str) -> list[Case]:
                     )
                 if case.id not in seen:
                     seen[case.id] = case.image[0]
-                    cases.append(case)
-    return cases
+                    found_inputs.cases.append(case)
+    for case in found_inputs.cases:
+        for file in (*case.image, case.label):
+            if file is not None:
+                found_inputs.read_folders.add(file if file.is_dir() else file.parent)
+    # An input inside an MSD/nnU-Net root (its imagesTr/, say) puts the whole root off
+    # limits: labelsTr/ beside it holds references named as the predictions would be.
+    for folder in found_inputs.roots | found_inputs.read_folders:
+        for candidate in (folder, folder.parent):
+            if (candidate / "dataset.json").is_file():
+                found_inputs.roots.add(candidate)
+    return found_inputs
 
 
 def _holds_dicom_series(folder: Path) -> bool:
     import SimpleITK as sitk
 
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    with quiet_itk():
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))

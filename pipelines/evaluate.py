@@ -93,6 +93,9 @@ def read_volume(path: Path) -> Volume:
     (``transforms.readers.image_readers``), so a TIFF or PNG reference and the prediction
     made from its image share one grid and affine."""
     path = Path(path)
+    if not path.is_file():
+        # A named pipe under a prediction's name would block the read forever.
+        raise CaseError(f"{path}: not a regular file")
     if path.name.endswith((".nii", ".nii.gz")):
         import nibabel
 
@@ -104,8 +107,13 @@ def read_volume(path: Path) -> Volume:
         from monai.data.utils import to_affine_nd
         from monai.transforms import LoadImage
 
+        from medseg.datasets.headers import UnusableImageError, require_confined_data_file
         from medseg.transforms.readers import image_readers
 
+        try:
+            require_confined_data_file(path)
+        except UnusableImageError as error:
+            raise CaseError(f"{path}: {error}") from None
         image = LoadImage(reader=image_readers(), image_only=True, dtype=None)(str(path))
         array = np.asarray(image.array)
         zooms = tuple(float(z) for z in image.pixdim)
@@ -146,6 +154,15 @@ def evaluate(
         raise ConfigError(
             f"need workers >= 1, worst_cases >= 0, tolerance_mm >= 0; got {workers}, "
             f"{worst_cases}, {tolerance_mm}"
+        )
+    # The report's files (metrics.csv, summary.json, plots) may not land among the files
+    # it reads; a new folder below them is harmless (PRED_DIR/evaluation is the default).
+    read = {pred_dir.resolve()} | {Path(path).parent.resolve() for path in references.values()}
+    read |= {Path(path).parent.resolve() for path in (images or {}).values()}
+    if output_dir.resolve() in read:
+        raise ConfigError(
+            f"{output_dir}: holds predictions, references or images that the report would "
+            "sit among; choose another --output (default: PRED_DIR/evaluation)"
         )
     predictions, problems = _pair_cases(pred_dir, references)
     score = partial(_score_case, scheme=scheme, tolerance_mm=tolerance_mm, rule=rule)
@@ -278,6 +295,13 @@ def _score_case(
         except Exception as error:  # a bad file fails its case, not the batch
             return [], CaseProblem(case_id, path, f"unreadable: {error}")
     prediction, reference = volumes
+    for path, volume in ((prediction_path, prediction), (reference_path, reference)):
+        outside = sorted(set(np.unique(volume.array).tolist()) - scheme.allowed_values)
+        if outside:
+            shown = ", ".join(map(str, outside[:5])) + (" ..." if len(outside) > 5 else "")
+            allowed = ", ".join(map(str, sorted(scheme.allowed_values)))
+            reason = f"label values {shown} are outside the label set ({allowed})"
+            return [], CaseProblem(case_id, path, reason)
     if prediction.array.shape != reference.array.shape:
         reason = f"shape {prediction.array.shape} differs from the reference's"
         return [], CaseProblem(case_id, prediction_path, f"{reason} {reference.array.shape}")

@@ -92,6 +92,8 @@ def export_model(
         expected = [network(image, **forward_options) for image in inputs]
 
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"{output_dir}: exists and is not a folder; choose another --output")
     output_dir.mkdir(parents=True, exist_ok=True)
     target = output_dir / FILES[fmt]
     details: dict[str, Any] = {}

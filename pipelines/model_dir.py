@@ -10,16 +10,19 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medseg import __version__
+from medseg.config import non_finite_key
 from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
+from medseg.files import read_regular_text, require_regular_file
 from medseg.pipelines.postprocess import Postprocessing
 from medseg.transforms.presets import Preprocessing
+from medseg.yaml_input import describe_validation_error, load_yaml
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "weights.safetensors"
@@ -44,9 +47,16 @@ class InferenceSpec(_Strict):
     """Sliding-window settings: window size (voxels), overlap, window batch, blending."""
 
     roi_size: list[int]
-    overlap: float = 0.5
-    sw_batch_size: int = 2
-    mode: str = "gaussian"
+    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(2, ge=1)
+    mode: Literal["gaussian", "constant"] = "gaussian"
+
+    @field_validator("roi_size")
+    @classmethod
+    def _roi_dims(cls, roi_size: list[int]) -> list[int]:
+        if len(roi_size) not in (2, 3) or min(roi_size) < 1:
+            raise ValueError(f"must be 2 or 3 positive sizes, got {roi_size}")
+        return roi_size
 
 
 class ModelConfig(_Strict):
@@ -119,15 +129,57 @@ def read_model_config(directory: Path) -> ModelConfig:
     if not Path(directory).is_dir():
         raise ConfigError(f"{directory}: model directory not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return ModelConfig.model_validate(raw)
+        raw = load_yaml(read_regular_text(path), str(path))
+        config = ModelConfig.model_validate(raw)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: missing; a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
         ) from None
-    except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as error:
-        first = str(error).splitlines()[0]
-        raise ConfigError(f"{path}: not a medseg model config ({first})") from None
+    except ValidationError as error:
+        reason = describe_validation_error(error)
+        raise ConfigError(f"{path}: not a medseg model config ({reason})") from None
+    except (UnicodeDecodeError, OSError) as error:
+        raise ConfigError(f"{path}: unreadable ({error})") from None
+    # Provenance (training metrics, dataset statistics) is a record, not a setting: a NaN
+    # there changes nothing the model computes.
+    key = non_finite_key(config.model_dump(exclude={"provenance"}))
+    if key:
+        raise ConfigError(f"{path}: {key}: must be a finite number")
+    return config
+
+
+def load_weights(network: Any, state: Any, source: Path) -> None:
+    """Load ``state`` into ``network`` after checking it fits and is finite.
+
+    Raises ``ConfigError`` naming ``source`` and the first tensor that is missing, extra,
+    of another shape, or holding NaN or infinite values (such weights segment every
+    voxel as background without a word).
+    """
+    import torch
+
+    expected = network.state_dict()
+    if not isinstance(state, dict):
+        raise ConfigError(f"{source}: holds no mapping of tensors")
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise ConfigError(
+            f"{source}: weights do not fit this network ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors; first: {first})"
+        )
+    for name, tensor in expected.items():
+        value = state[name]
+        if not isinstance(value, torch.Tensor):
+            raise ConfigError(f"{source}: {name} is not a tensor")
+        if tuple(value.shape) != tuple(tensor.shape):
+            raise ConfigError(
+                f"{source}: tensor {name} has shape {list(value.shape)}, the network needs "
+                f"{list(tensor.shape)}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ConfigError(f"{source}: tensor {name} holds NaN or infinite values")
+    network.load_state_dict(state)
 
 
 def load_model_dir(directory: Path) -> tuple[ModelConfig, Any]:
@@ -142,22 +194,21 @@ def load_model_dir(directory: Path) -> tuple[ModelConfig, Any]:
     network = build_from_config(config)
     weights = Path(directory) / WEIGHTS_FILE
     try:
+        require_regular_file(weights)
         state = load_file(weights)
     except FileNotFoundError:
         raise ConfigError(f"{weights}: missing") from None
     except (SafetensorError, OSError) as error:
         raise ConfigError(f"{weights}: not a safetensors file ({error})") from None
-    result = network.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ConfigError(
-            f"{weights}: weights do not fit {config.network.name}/{config.network.preset} "
-            f"({len(result.missing_keys)} missing, "
-            f"{len(result.unexpected_keys)} unexpected tensors)"
-        )
+    load_weights(network, state, weights)
     return config, network.eval()
 
 
 def _download(uri: str) -> Path:
+    from medseg.pipelines.tracking import limit_http_retries
+
+    # Without a cap MLflow retried an unreachable server for 263 s, warning seven times.
+    limit_http_retries()
     import mlflow
 
     try:
@@ -187,6 +238,6 @@ def open_model(spec: str | Path) -> tuple[ModelConfig, Any]:
 
         config = read_model_config(path.parent / "model")
         network = build_from_config(config)
-        network.load_state_dict(load_checkpoint(path)["network"])
+        load_weights(network, load_checkpoint(path)["network"], path)
         return config, network.eval()
     return load_model_dir(path)

@@ -228,7 +228,7 @@ def _round_up(patch: Sequence[int], divisor: Sequence[int], fixed: dict[int, int
     ]
 
 
-def _network_options(
+def network_options(
     choice: NetworkChoice, patch: Sequence[int], spacing: Sequence[float], plan_pooling: bool
 ) -> dict[str, Any]:
     """The config's options, with UNet++'s depth and pooling matched to ``patch``."""
@@ -258,38 +258,37 @@ def plan_patch(
     spacing: Sequence[float],
     budget: int,
     *,
-    patch: Sequence[int] | None = None,
+    patches: int = MIN_PATCHES,
     plan_pooling: bool = True,
 ) -> tuple[list[int], dict[str, Any], int]:
-    """The largest patch (from ``_initial_patch``, or the given ``patch`` as it is) whose
-    training step of ``MIN_PATCHES`` patches fits ``budget`` bytes, with the network options
-    it needs. Returns ``(patch, options, bytes needed)``; raises ``ConfigError`` naming the
-    smallest workable patch (``MIN_PATCH_SIZE`` per axis, or the median image where that is
-    smaller) and its memory when nothing fits."""
-    current = list(patch) if patch is not None else _initial_patch(median, spacing)
+    """The largest patch, from ``_initial_patch`` down, whose training step of ``patches``
+    patches fits ``budget`` bytes, with the network options it needs. Returns ``(patch,
+    options, bytes needed)``; raises ``ConfigError`` naming the smallest workable patch
+    (``MIN_PATCH_SIZE`` per axis, or the median image where that is smaller) and its memory
+    when nothing fits."""
+    current = _initial_patch(median, spacing)
     floor = [min(MIN_PATCH_SIZE, size) for size in median]
     while True:
-        options = _network_options(choice, current, spacing, plan_pooling)
+        options = network_options(choice, current, spacing, plan_pooling)
         divisor, fixed = _size_rule(choice, options)
-        rounded = current if patch is not None else _round_up(current, divisor, fixed)
-        need = training_bytes(choice, options, rounded, MIN_PATCHES)
+        rounded = _round_up(current, divisor, fixed)
+        need = training_bytes(choice, options, rounded, patches)
         if need <= budget:
             return rounded, options, need
         shrinkable = [
             axis
             for axis, size in enumerate(rounded)
-            if patch is None and axis not in fixed and size - divisor[axis] >= floor[axis]
+            if axis not in fixed and size - divisor[axis] >= floor[axis]
         ]
         if not shrinkable:
-            options = _network_options(choice, floor, spacing, plan_pooling)
+            options = network_options(choice, floor, spacing, plan_pooling)
             divisor, fixed = _size_rule(choice, options)
             smallest = _round_up(floor, divisor, fixed)
-            least = training_bytes(choice, options, smallest, MIN_PATCHES)
-            given = f"patch {rounded} needs {need / 2**30:.2f} GB; " if patch is not None else ""
+            least = training_bytes(choice, options, smallest, patches)
             raise ConfigError(
                 f"memory budget {budget / 2**30:.2f} GB is too small to train "
-                f"{choice.name}/{choice.preset}: {given}the smallest workable patch "
-                f"{smallest} needs {least / 2**30:.2f} GB ({MIN_PATCHES} patches per step)"
+                f"{choice.name}/{choice.preset}: the smallest workable patch {smallest} needs "
+                f"{least / 2**30:.2f} GB ({patches} patches per step)"
             )
         axis = max(shrinkable, key=lambda a: rounded[a] / max(median[a], 1))
         current = list(rounded)

@@ -76,6 +76,38 @@ def _patch_dims(config: Config, index: DatasetIndex) -> int:
     return 2 if config.network.name in TWO_D_ONLY else index.spatial_dims
 
 
+def _memory_limit(budget: int, device_type: str) -> int:
+    """The budget, or less when the device has less free now (a run may share the machine)."""
+    import torch
+
+    from medseg.pipelines.resources import device_memory
+
+    free = device_memory(torch.device(device_type))
+    return budget if free is None else min(budget, free)
+
+
+def _too_large(
+    choice: rules.NetworkChoice,
+    median: list[int],
+    grid: list[float],
+    need: int,
+    patch: list[int],
+    patches: int,
+    limit: int,
+) -> str:
+    """The one-line refusal of a training step of ``need`` bytes over ``limit``."""
+    try:
+        largest, _, _ = rules.plan_patch(choice, median, grid, limit, patches=patches)
+        advice = f"the largest patch that fits is about {largest}"
+    except ConfigError:
+        advice = f"even a {rules.MIN_PATCH_SIZE}-voxel patch does not fit"
+    return (
+        f"transforms.patch_size {patch}: a training step of {patches} patches needs about "
+        f"{need / 2**30:.2f} GB, {limit / 2**30:.2f} GB is available; {advice} (or lower "
+        "train.batch_size or transforms.samples_per_case)"
+    )
+
+
 def plan_run(
     config: Config, index: DatasetIndex, train_cases: list[Case], *, device_type: str = "cpu"
 ) -> PlannedRun:
@@ -132,12 +164,15 @@ def plan_run(
     median = rules.median_shape(fingerprint, spacing, crop and normalization != "ct_window")
     budget = memory_budget(config.train.memory_gb, device_type)
     plan_pooling = config.network.pooling == "auto" and "strides" not in choice.options
-    given_patch = None if settings.patch_size == "auto" else settings.patch_size
-    decided["patch_size"] = "config" if given_patch else "plan"
-    patch, options, _ = rules.plan_patch(
-        choice, median[:dims], grid[:dims], budget, patch=given_patch, plan_pooling=plan_pooling
-    )
-    decided["network.options"] = "plan" if options != choice.options else "config"
+    if settings.patch_size == "auto":
+        decided["patch_size"] = "plan"
+        patch, options, _ = rules.plan_patch(
+            choice, median[:dims], grid[:dims], budget, plan_pooling=plan_pooling
+        )
+    else:
+        decided["patch_size"] = "config"
+        patch = list(settings.patch_size)
+        options = rules.network_options(choice, patch, grid[:dims], plan_pooling)
     dataset_voxels = (
         math.prod(median[:dims])
         * len(labelled)
@@ -192,14 +227,11 @@ def plan_run(
         "network": {"name": choice.name, "preset": choice.preset, "options": options},
         "decided_by": decided,
     }
-    if need > budget:
-        largest, _, _ = rules.plan_patch(choice, median[:dims], grid[:dims], budget)
+    limit = _memory_limit(budget, device_type)
+    if need > limit:
         raise ConfigError(
-            f"train.batch_size {batch} x transforms.samples_per_case "
-            f"{settings.samples_per_case} patches of {patch} need about "
-            f"{plan['memory_estimate_gb']:.2f} GB to train, over the budget of "
-            f"{plan['memory_budget_gb']:.2f} GB (train.memory_gb); lower the batch, or use "
-            f"a patch of at most {largest} for {rules.MIN_PATCHES} patches per step"
+            _too_large(choice, median[:dims], grid[:dims], need, patch, patches_per_step, limit)
+            + f" ({plan['memory_budget_gb']:.1f} GB budget, train.memory_gb)"
         )
     logger.info(
         "plan: spacing %s, %s, patch %s, batch %d (about %.2f GB of %.2f GB)",

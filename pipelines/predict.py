@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,12 +24,13 @@ import numpy as np
 
 from medseg.datasets.base import Case
 from medseg.errors import CaseError, ConfigError
-from medseg.files import write_atomic, write_text_atomic
+from medseg.files import remove_stale_temporaries, require_outside, write_atomic, write_text_atomic
+from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
 from medseg.pipelines.cases import collect_cases
 from medseg.pipelines.inference import resolve_device, resolve_precision
 from medseg.pipelines.model_dir import open_model
 from medseg.pipelines.segmenter import Segmentation, Segmenter
-from medseg.pipelines.writers import output_name, write_label_like
+from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name, write_label_like
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ REPORT = "predict_report.json"
 
 @dataclass
 class CaseReport:
-    """How one case went: ``status`` is ``done``, ``skipped`` (output existed) or ``failed``."""
+    """How one case went: ``status`` is ``done``, ``skipped`` (a complete output existed, or
+    another run is segmenting the case: ``error`` then says so) or ``failed``."""
 
     case: str
     status: str
@@ -117,12 +120,11 @@ def predict(
     """
     models = open_models(str(model))
     config = models[0][0]
-    cases, rank, world = shard(collect_cases(inputs, config.preprocessing.layout))
+    inputs_found = collect_cases(inputs, config.preprocessing.layout)
+    cases, rank, world = shard(inputs_found.cases)
     output_dir = Path(output_dir)
-    input_folders = {
-        (c.image[0] if c.image[0].is_dir() else c.image[0].parent).resolve() for c in cases
-    }
-    if output_dir.resolve() in input_folders:
+    require_outside(output_dir, sorted(inputs_found.roots), "--output")
+    if output_dir.resolve() in {folder.resolve() for folder in inputs_found.read_folders}:
         raise ConfigError(f"{output_dir}: is an input folder; choose another --output")
     require_writable(output_dir)
     target_device = resolve_device(device)
@@ -140,47 +142,71 @@ def predict(
     # ones need not stay in memory beside them.
     del models
     report = PredictReport(model=str(model))
+    for problem in shard(inputs_found.problems)[0]:
+        # A case the layout rejected (a missing channel, a path leaving the root) fails by
+        # name, like a case that cannot be read.
+        logger.error("%s", problem)
+        report.cases.append(
+            CaseReport(problem.case_id, "failed", error=f"{problem.path}: {problem.reason}")
+        )
     todo = []
     for case in cases:
         target = output_dir / output_name(case.id, case.image[0])
-        for stale in output_dir.glob(f".{target.name}.*"):
-            stale.unlink()  # a temporary file left by a run killed mid-write
-        if target.exists() and not overwrite:
+        if not overwrite and finished_output(target, case.image[0]):
             report.cases.append(CaseReport(case.id, "skipped", str(target)))
+            _remove_stale_lock(target)
         else:
             todo.append((case, target))
     from medseg.pipelines.progress import task_progress
 
+    held: list[CaseLock] = []
     with (
         task_progress("segmenting", len(todo), show_progress) as advance,
         ThreadPoolExecutor(1) as reader,
         ThreadPoolExecutor(1) as writer,
     ):
-        loading = reader.submit(segmenter.load, todo[0][0]) if todo else None
-        writing: tuple[Future, CaseReport] | None = None
-        for index, (case, target) in enumerate(todo):
-            started = time.perf_counter()
-            current, loading = loading, None
-            if index + 1 < len(todo):
-                loading = reader.submit(segmenter.load, todo[index + 1][0])
-            entry = CaseReport(case.id, "failed")
-            try:
-                result = segmenter.infer(current.result(), keep_probabilities=save_probabilities)
-                entry = CaseReport(
-                    case.id, "done", str(target), 0.0, result.windows, result.skipped
-                )
-                job = writer.submit(_write, case, result, target, save_probabilities)
-            except Exception as error:
-                _fail(entry, case, error)
-                job = None
+        claims = _claims(todo, overwrite, report, advance)
+
+        def load_next() -> tuple[tuple[Case, Path, CaseLock], Future] | None:
+            claim = next(claims, None)
+            if claim is None:
+                return None
+            held.append(claim[2])
+            return claim, reader.submit(segmenter.load, claim[0])
+
+        try:
+            upcoming = load_next()
+            writing: tuple[Future, CaseReport, CaseLock] | None = None
+            while upcoming is not None:
+                (case, target, lock), current = upcoming
+                started = time.perf_counter()
+                upcoming = load_next()
+                entry = CaseReport(case.id, "failed")
+                try:
+                    result = segmenter.infer(
+                        current.result(), keep_probabilities=save_probabilities
+                    )
+                    entry = CaseReport(
+                        case.id, "done", str(target), 0.0, result.windows, result.skipped
+                    )
+                    job = writer.submit(_write, case, result, target, save_probabilities)
+                except Exception as error:
+                    _fail(entry, case, error)
+                    lock.release()
+                    job = None
+                if writing is not None:
+                    _finish(*writing)
+                writing = (job, entry, lock) if job is not None else None
+                entry.seconds = round(time.perf_counter() - started, 3)
+                report.cases.append(entry)
+                advance(case.id)
             if writing is not None:
                 _finish(*writing)
-            writing = (job, entry) if job is not None else None
-            entry.seconds = round(time.perf_counter() - started, 3)
-            report.cases.append(entry)
-            advance(case.id)
-        if writing is not None:
-            _finish(*writing)
+        finally:
+            for lock in held:
+                lock.release()
+    order = {case.id: index for index, case in enumerate(cases)}
+    report.cases.sort(key=lambda entry: order.get(entry.case, -1))
     name = REPORT if world == 1 else f"predict_report.rank{rank}.json"
     payload = {
         "model": report.model,
@@ -190,6 +216,42 @@ def predict(
     }
     write_text_atomic(output_dir / name, json.dumps(payload, indent=1))
     return report
+
+
+def _claims(
+    todo: list[tuple[Case, Path]], overwrite: bool, report: PredictReport, advance: Any
+) -> Iterator[tuple[Case, Path, CaseLock]]:
+    """The cases of ``todo`` this process claims, in order, each with its lock. A case
+    another live run holds, or that one finished since the run started, is reported as
+    skipped; stale temporaries of a claimed case (a killed writer's) are removed."""
+    for case, target in todo:
+        lock = try_lock(target)
+        if lock is None:
+            busy = "another medseg predict run is segmenting this case"
+            report.cases.append(CaseReport(case.id, "skipped", str(target), error=busy))
+            advance(case.id)
+            continue
+        if not overwrite and finished_output(target, case.image[0]):
+            lock.release()
+            report.cases.append(CaseReport(case.id, "skipped", str(target)))
+            advance(case.id)
+            continue
+        remove_stale_temporaries(target)
+        remove_stale_temporaries(_probabilities_path(case, target))
+        yield case, target, lock
+
+
+def _remove_stale_lock(target: Path) -> None:
+    # A run killed between renaming an output into place and releasing its lock leaves
+    # the lock file; it is removed once no live process holds it.
+    if lock_path(target).exists():
+        lock = try_lock(target)
+        if lock is not None:
+            lock.release()
+
+
+def _probabilities_path(case: Case, target: Path) -> Path:
+    return target.with_name(f"{case.id}_probabilities.npz")
 
 
 def _fail(entry: CaseReport, case: Case, error: BaseException) -> None:
@@ -202,18 +264,21 @@ def _fail(entry: CaseReport, case: Case, error: BaseException) -> None:
     entry.status, entry.output, entry.error = "failed", None, message
 
 
-def _finish(job: Future, entry: CaseReport) -> None:
+def _finish(job: Future, entry: CaseReport, lock: CaseLock) -> None:
     try:
         job.result()
     except Exception as error:  # a write failure (full disk, permissions) fails its case only
         entry.status, entry.output = "failed", None
         entry.error = f"{entry.case}: cannot write output ({error})"
         logger.error("%s", entry.error)
+    finally:
+        lock.release()
 
 
 def _write(case: Case, result: Segmentation, target: Path, save_probabilities: bool) -> None:
     reference = case.image[0]
-    if reference.is_dir() or not reference.name.endswith((".nii", ".nii.gz", ".mha", ".nrrd")):
+    kept = (".nii", ".nii.gz", *KEPT_FORMATS)
+    if reference.is_dir() or not reference.name.lower().endswith(kept):
         import nibabel as nib
 
         image = nib.Nifti1Image(result.labels, result.affine)
@@ -223,7 +288,7 @@ def _write(case: Case, result: Segmentation, target: Path, save_probabilities: b
     else:
         write_label_like(reference, result.labels, target)
     if save_probabilities and result.probabilities is not None:
-        path = target.with_name(f"{case.id}_probabilities.npz")
+        path = _probabilities_path(case, target)
         write_atomic(
             path,
             lambda temporary: np.savez_compressed(

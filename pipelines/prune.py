@@ -219,7 +219,10 @@ def prune(
     cases in the model's label scheme.
     """
     from medseg.datasets import discover
+    from medseg.files import require_outside
 
+    # The report and the pruned model/ would land among the dataset's files.
+    require_outside(output_dir, [data], "--output")
     config, network = open_model(model)
     settings = _Settings(tolerance, levels, repeats, device, precision, show_progress)
     _checked_levels(config, network, str(model), levels)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 IMAGE_COPIES = 3
 BYTES_PER_FLOAT = 4
@@ -45,3 +46,12 @@ def available_memory() -> int | None:
     except OSError:
         return None
     return None
+
+
+def device_memory(device: Any) -> int | None:
+    """Bytes free for new allocations on ``device`` (a ``torch.device``; None when unknown)."""
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    return available_memory()

@@ -6,6 +6,7 @@ they arrive."""
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,7 @@ class Segmenter:
                     raise ConfigError(
                         f"--prune-level {prune_level}: this model has levels 1..{levels}"
                     )
+        self._check_window_memory(device)
         self.scheme = self.config.scheme
         self.device = device
         self.overlap = self.config.inference.overlap if overlap is None else overlap
@@ -131,12 +133,32 @@ class Segmenter:
         self.transform = inference_transforms(self.config.preprocessing)
         self.invert = Invertd("pred", self.transform, orig_keys="image", nearest_interp=False)
 
+    def _check_window_memory(self, device: torch.device) -> None:
+        """Refuse a model whose windows alone exceed the memory ``device`` has: the error
+        names ``inference.roi_size``, not the first input image."""
+        from medseg.pipelines.resources import device_memory
+
+        inference, network = self.config.inference, self.config.network
+        channels = network.in_channels + 2 * network.out_channels
+        needed = inference.sw_batch_size * math.prod(inference.roi_size) * 4 * channels
+        available = device_memory(device)
+        if available is not None and needed > available:
+            raise ConfigError(
+                f"inference.roi_size {inference.roi_size} (sw_batch_size "
+                f"{inference.sw_batch_size}): the windows alone need {needed / 2**30:.1f} GB, "
+                f"{available / 2**30:.1f} GB is free; the model config is unusable here"
+            )
+
     def check(self, case: Case) -> None:
         """Refuse, before reading any voxel, a case too large for the memory this machine has
         or whose files are unreadable, truncated or of differing shapes (``CaseError``)."""
         from medseg.datasets.headers import UnusableImageError, inspect_image
 
         first = case.image[0]
+        for path in case.image:
+            # Before any reader opens it: a named pipe would block the read forever.
+            if path.exists() and not path.is_dir() and not path.is_file():
+                raise CaseError(f"{path}: not a regular file (a pipe, socket or device)")
         declared = nib_shape(first) if first.name.endswith((".nii", ".nii.gz")) else None
         if declared is not None:
             # The header alone gives the size, before the truncation check reads the data.

@@ -22,6 +22,13 @@ _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_T
 _QUIET = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
 
 
+def limit_http_retries() -> None:
+    """Cap MLflow's retries of an unreachable server (and quiet its INFO lines), unless the
+    environment already sets them: training, predict and prune all reach MLflow this way."""
+    for key, value in (_HTTP_DEFAULTS | _QUIET).items():
+        os.environ.setdefault(key, value)
+
+
 class Tracker:
     """One MLflow run; every method is a no-op once tracking is off or has failed.
 
@@ -57,8 +64,7 @@ class Tracker:
             self._call(lambda: self._mlflow.end_run(status=status))
 
     def _start(self) -> None:
-        for key, value in (_HTTP_DEFAULTS | _QUIET).items():
-            os.environ.setdefault(key, value)
+        limit_http_retries()
         import mlflow
 
         # An explicit experiment id, not mlflow.set_experiment: that would leave a global

@@ -23,7 +23,8 @@ from medseg.config import Config, config_to_dict
 from medseg.datasets import discover
 from medseg.datasets.splits import kfold_splits, load_splits, save_splits
 from medseg.errors import ConfigError
-from medseg.files import write_text_atomic
+from medseg.files import is_within, require_outside, write_text_atomic
+from medseg.pipelines.case_locks import try_lock
 from medseg.pipelines.checkpoints import load_checkpoint, save_checkpoint
 from medseg.pipelines.distributed import process_group, process_info
 from medseg.pipelines.inference import resolve_device
@@ -164,9 +165,31 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
     ``checkpoint_last.pt`` (every epoch), ``checkpoint_best.pt`` and ``model/`` (the best
     validation Dice so far), ``validation.csv`` and ``learning_curve.png``. With ``resume``
     it continues from ``checkpoint_last.pt`` and the same MLflow run. Raises
-    ``ConfigError`` for a run directory that already holds a run (without ``resume``),
-    unusable data or a bad network choice.
+    ``ConfigError`` for a run directory that already holds a run (without ``resume``), is
+    in use by another training process, or lies in or above the data root, for unusable
+    data or a bad network choice.
     """
+    run_dir = Path(config.output)
+    _require_apart(run_dir, Path(config.data.root))
+    if not process_info().is_main:
+        return _train_unlocked(config, resume=resume, show_progress=show_progress)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in its place, a read-only or full disk
+        raise ConfigError(f"{run_dir}: cannot create the run folder ({error})") from None
+    # Two runs into one folder would interleave their checkpoints and model/; the kernel
+    # frees the lock when its holder dies, so a killed run can be resumed at once.
+    lock = try_lock(run_dir / "training")
+    if lock is None:
+        raise ConfigError(f"{run_dir}: another medseg train is running there; wait for it")
+    try:
+        return _train_unlocked(config, resume=resume, show_progress=show_progress)
+    finally:
+        lock.release()
+
+
+def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> TrainResult:
+    """``train`` once the run directory is this process's."""
     run_dir = Path(config.output)
     if resume and not (run_dir / LAST).exists():
         raise ConfigError(f"{run_dir}: nothing to resume (no {LAST})")
@@ -239,6 +262,17 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
         run_id=tracker.run_id,
         tracking_uri=tracker.uri if tracker.run_id else None,
     )
+
+
+def _require_apart(run_dir: Path, data_root: Path) -> None:
+    """Refuse a run directory equal to, inside or above the data root: a run writes
+    config.yaml, model/, checkpoints and plots there, over any user file of those names."""
+    require_outside(run_dir, [data_root], "output (--set output=DIR)")
+    if is_within(data_root, run_dir):
+        raise ConfigError(
+            f"{run_dir}: holds the data root {data_root}; a run's files (config.yaml, model/ "
+            "...) could replace data there; choose another output (--set output=DIR)"
+        )
 
 
 def _finish(run_dir: Path, config: Config, outcome: dict[str, Any], tracker: Tracker) -> None:

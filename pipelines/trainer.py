@@ -8,6 +8,7 @@ continues exactly as the uninterrupted one, with no random state to carry over.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from medseg.config import Config, config_to_dict, flatten
+from medseg.errors import TrainingError
 from medseg.pipelines.checkpoints import save_checkpoint
 from medseg.pipelines.data import SeededDataset, cached_dataset, training_loader
 from medseg.pipelines.distributed import (
@@ -207,6 +209,13 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 losses.append(float(loss.detach()))
+                if not math.isfinite(losses[-1]):
+                    # Raised before this epoch's checkpoint: checkpoint_last.pt and model/
+                    # keep the last finite weights.
+                    raise TrainingError(
+                        f"epoch {epoch + 1}, step {step + 1}: the training loss is "
+                        f"{losses[-1]}; training diverged (lower train.lr or check the data)"
+                    )
                 samples += image.shape[0]
                 advance(losses[-1])
         seconds = time.perf_counter() - started

@@ -9,23 +9,50 @@ import numpy as np
 
 from medseg.files import write_atomic
 
+# Input suffix -> output suffix for the formats kept as they are. A MetaImage or NRRD
+# header with a separate data file (.mhd, .nhdr) gets the single-file form of its format,
+# so an output is always one file and its write stays atomic.
+KEPT_FORMATS = {".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd"}
+
 
 def output_name(case_id: str, reference: Path) -> str:
-    """``<case_id>`` plus the reference's file type (NIfTI references give ``.nii.gz``)."""
+    """``<case_id>`` plus the reference's file type: MetaImage stays MetaImage (``.mha``),
+    NRRD stays NRRD (``.nrrd``), everything else (NIfTI, DICOM, TIFF ...) gives ``.nii.gz``."""
     name = reference.name.lower()
-    for suffix in (".mha", ".nrrd"):
-        if name.endswith(suffix):
-            return f"{case_id}{suffix}"
+    for suffix, kept in KEPT_FORMATS.items():
+        if name.endswith(suffix) and not reference.is_dir():
+            return f"{case_id}{kept}"
     return f"{case_id}.nii.gz"
+
+
+def finished_output(target: Path, reference: Path) -> bool:
+    """Whether ``target`` is a complete output for the image ``reference``: a regular file
+    whose header reads, whose data is all there and whose grid (shape and affine) is the
+    reference's. A 0-byte, truncated or foreign file under the output's name is not."""
+    import stat
+
+    from medseg.datasets.headers import UnusableImageError, inspect_image
+
+    try:
+        if not stat.S_ISREG(target.lstat().st_mode):
+            return False
+        output, source = inspect_image(target), inspect_image(reference)
+    except (OSError, UnusableImageError):
+        return False
+    if output.shape != source.shape or output.channels != 1:
+        return False
+    if source.affine is None:
+        return True  # a bitmap (PNG, JPEG) has no geometry to compare
+    return output.affine is not None and bool(np.allclose(output.affine, source.affine, atol=1e-3))
 
 
 def write_label_like(reference: Path, labels: np.ndarray, target: Path) -> Path:
     """Write ``labels`` (uint8, the reference's spatial shape in file index order) to
     ``target`` with the reference file's geometry, atomically.
 
-    NIfTI: the reference header's affine, qform/sform and their codes are kept, intensity
-    scaling is cleared and the data type is uint8. Other formats: origin, spacing and
-    direction copied by SimpleITK.
+    NIfTI: the reference header's geometry fields (qform/sform, their codes, pixdim)
+    are copied as stored, intensity scaling is cleared and the data type is uint8. Other
+    formats: origin, spacing and direction copied by SimpleITK.
     """
     labels = np.asarray(labels, dtype=np.uint8)
     if target.name.endswith((".nii", ".nii.gz")):
@@ -33,9 +60,12 @@ def write_label_like(reference: Path, labels: np.ndarray, target: Path) -> Path:
         header = source.header.copy()
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(None, None)
-        image = type(source)(labels, source.affine, header=header)
-        image.set_qform(source.get_qform(), code=int(source.header["qform_code"]))
-        image.set_sform(source.get_sform(), code=int(source.header["sform_code"]))
+        header.set_data_shape(labels.shape)
+        # No affine: the header's own geometry fields (qform and sform codes, quaternion,
+        # offsets, srow rows, pixdim and qfac) are written as they are. Going through
+        # get_qform/set_qform recomputed them, and failed on a real file whose unused
+        # (code 0) quaternion is not a rotation ("w2 should be positive").
+        image = type(source)(labels, None, header=header)
         return write_atomic(target, lambda path: nib.save(image, path))
     import SimpleITK as sitk
 
