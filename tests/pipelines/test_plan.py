@@ -8,6 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
 from medseg.config import parse_config
 from medseg.datasets import discover
@@ -212,3 +213,37 @@ def test_medseg_plan_writes_fingerprint_and_plan(mri_folder, tmp_path, medseg_cl
     inside = medseg_cli("plan", "folder", mri_folder, "--output", mri_folder / "p")
     assert inside.code == 2 and "inside the dataset" in inside.err
     assert not (mri_folder / "p").exists()
+
+
+def test_training_resolves_its_plan_into_the_run_and_the_model(
+    brats_phantoms, tmp_path, mlflow_uri, medseg_cli
+):
+    import mlflow
+
+    run = tmp_path / "run"
+    overrides = [
+        f"data.root={brats_phantoms['train']}",
+        f"output={run}",
+        "network.preset=tiny",
+        "train.epochs=1",
+        "train.iterations_per_epoch=1",
+        "tracking.experiment=plan-test",
+    ]
+    config = tmp_path / "config.yaml"
+    config.write_text("data: {layout: brats, root: x}\nnetwork: {name: unetpp}\n")
+    result = medseg_cli("train", config, *(f"--set={item}" for item in overrides))
+    assert result.code == 0, result.err
+    plan = json.loads((run / "plan.json").read_text())
+    assert json.loads((run / "fingerprint.json").read_text())["cases"] == plan["cases"]
+    resolved = parse_config(yaml.safe_load((run / "config.yaml").read_text()), "saved")
+    assert resolved.transforms.patch_size == plan["patch_size"]
+    assert resolved.train.batch_size == plan["batch_size"]
+    assert resolved.transforms.normalization == plan["normalization"] == "zscore_body"
+    assert resolved.network.pooling == "fixed"
+    info = medseg_cli("info", run / "model", "--json")
+    assert json.loads(info.out)["plan"]["patch_size"] == plan["patch_size"]
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("plan-test")
+    (logged,) = client.search_runs([experiment.experiment_id])
+    names = {item.path for item in client.list_artifacts(logged.info.run_id)}
+    assert {"plan.json", "fingerprint.json"} <= names
