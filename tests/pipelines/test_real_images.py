@@ -1,7 +1,7 @@
 """Learning on real MRI: trained on some axial slabs of a real brain, medseg segments the
 slabs between them, anatomy it never saw, with a mean Dice >= 0.85 for grey and for white
-matter and no slab below 0.75 (the lowest held-out slab holds the cerebellum, whose white
-matter is a few hundred voxels at 2 mm).
+matter and no slab below 0.75 (the most inferior held-out slab cuts the cerebellum, whose
+white matter there is about 1,600 voxels at 2 mm, and scored 0.83-0.86 with seeds 0-2).
 
 The brain is the MNI ICBM152 2009a T1 template that nilearn ships (the average of 152 real
 scans; see ``conftest.py`` for the slabs, the labels and the recipe). The model is trained
