@@ -23,8 +23,8 @@ MIN_SLAB_DICE = 0.75
 @pytest.mark.slow
 def test_unetpp_segments_brain_slabs_it_was_not_trained_on(real_brain_model, medseg_cli, tmp_path):
     slabs = real_brain_model.slabs
-    trained = set((slabs.train / "images").iterdir())
-    assert trained and not trained & set((slabs.test / "images").iterdir())
+    trained = {path.name for path in (slabs.train / "images").iterdir()}
+    assert trained and not trained & {path.name for path in (slabs.test / "images").iterdir()}
 
     predicted = medseg_cli(
         "predict", real_brain_model.model_dir, slabs.test / "images", "--output", tmp_path / "pred"
