@@ -81,9 +81,14 @@ class ModelConfig(_Strict):
 
 def build_from_config(config: ModelConfig) -> Any:
     """Build (untrained) the network ``config.network`` describes."""
+    return build_from_spec(config.network)
+
+
+def build_from_spec(spec: NetworkSpec) -> Any:
+    """Build (untrained) the network ``spec`` describes: registry name, preset, channel
+    counts and the options that override the preset."""
     from medseg.networks import build_network
 
-    spec = config.network
     return build_network(
         spec.name,
         spatial_dims=spec.spatial_dims,

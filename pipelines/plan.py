@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from medseg.datasets.fingerprint import Fingerprint, significant
 from medseg.errors import ConfigError
+from medseg.pipelines.model_dir import NetworkSpec
 
 PLAN_VERSION = 1
 ANISOTROPY = 3.0
@@ -49,20 +49,6 @@ BACKWARD_FACTOR = 2.0
 BYTES_PER_PARAMETER = 16
 MIN_CASES = 2
 UNET_FAMILY = ("unetpp",)
-
-
-@dataclass(frozen=True)
-class NetworkChoice:
-    """The network to plan for: registry ``name``, ``preset`` and the config's ``options``,
-    with the channel counts the data gives and ``spatial_dims`` of its patch (2 for a 2D
-    network on volumes, which then runs slice by slice)."""
-
-    name: str
-    preset: str
-    options: dict[str, Any]
-    in_channels: int
-    out_channels: int
-    spatial_dims: int
 
 
 def target_spacing(fingerprint: Fingerprint) -> list[float] | None:
@@ -153,20 +139,13 @@ def unet_strides(patch: Sequence[int], spacing: Sequence[float], depth: int) -> 
     return strides
 
 
-def _build(choice: NetworkChoice, options: dict[str, Any]) -> Any:
-    from medseg.networks import build_network
+def _build(choice: NetworkSpec, options: dict[str, Any]) -> Any:
+    from medseg.pipelines.model_dir import build_from_spec
 
-    return build_network(
-        choice.name,
-        spatial_dims=choice.spatial_dims,
-        in_channels=choice.in_channels,
-        out_channels=choice.out_channels,
-        preset=choice.preset,
-        **options,
-    )
+    return build_from_spec(choice.model_copy(update={"options": options}))
 
 
-def _size_rule(choice: NetworkChoice, options: dict[str, Any]) -> tuple[list[int], dict[int, int]]:
+def _size_rule(choice: NetworkSpec, options: dict[str, Any]) -> tuple[list[int], dict[int, int]]:
     """What each patch axis must divide by, and the axes whose size the network fixes."""
     network = _build(choice, options)
     dims = choice.spatial_dims
@@ -181,9 +160,7 @@ def _size_rule(choice: NetworkChoice, options: dict[str, Any]) -> tuple[list[int
 _PROBES: dict[str, tuple[float, int]] = {}
 
 
-def _probe(
-    choice: NetworkChoice, options: dict[str, Any], shape: Sequence[int]
-) -> tuple[float, int]:
+def _probe(choice: NetworkSpec, options: dict[str, Any], shape: Sequence[int]) -> tuple[float, int]:
     """Bytes autograd keeps per input voxel in a training forward on ``shape``, and the
     network's parameter count; measured once per network and options."""
     import torch
@@ -211,7 +188,7 @@ def _probe(
 
 
 def training_bytes(
-    choice: NetworkChoice, options: dict[str, Any], patch: Sequence[int], patches: int
+    choice: NetworkSpec, options: dict[str, Any], patch: Sequence[int], patches: int
 ) -> int:
     """Memory one training step of ``patches`` patches of ``patch`` voxels needs, about:
     the activations autograd keeps (measured on a small input, scaled by voxels) twice over
@@ -231,7 +208,7 @@ def _round_up(patch: Sequence[int], divisor: Sequence[int], fixed: dict[int, int
 
 
 def network_options(
-    choice: NetworkChoice, patch: Sequence[int], spacing: Sequence[float], plan_pooling: bool
+    choice: NetworkSpec, patch: Sequence[int], spacing: Sequence[float], plan_pooling: bool
 ) -> dict[str, Any]:
     """The config's options, with UNet++'s depth and pooling matched to ``patch``."""
     options = dict(choice.options)
@@ -255,7 +232,7 @@ def _initial_patch(median: Sequence[int], spacing: Sequence[float]) -> list[int]
 
 
 def plan_patch(
-    choice: NetworkChoice,
+    choice: NetworkSpec,
     median: Sequence[int],
     spacing: Sequence[float],
     budget: int,
@@ -298,7 +275,7 @@ def plan_patch(
 
 
 def plan_batch(
-    choice: NetworkChoice,
+    choice: NetworkSpec,
     options: dict[str, Any],
     patch: Sequence[int],
     budget: int,

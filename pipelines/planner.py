@@ -55,18 +55,10 @@ def memory_budget(memory_gb: float | None, device_type: str) -> int:
         import torch
 
         return int(torch.cuda.get_device_properties(0).total_memory * 0.9)
-    total = _total_memory()
+    from medseg.pipelines.resources import total_memory
+
+    total = total_memory()
     return total // 2 if total else 8 * 2**30
-
-
-def _total_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _patch_dims(config: Config, index: DatasetIndex) -> int:
@@ -152,7 +144,7 @@ def plan_run(
 
     dims = _patch_dims(config, index)
     slices = settings.slices
-    choice = rules.NetworkChoice(
+    choice = rules.NetworkSpec(
         name=config.network.name,
         preset=config.network.preset,
         options=dict(config.network.options),
@@ -233,7 +225,7 @@ def plan_run(
             _too_large(choice, median[:dims], grid[:dims], need, patch, patches_per_step, limit)
             + f" ({plan['memory_budget_gb']:.1f} GB budget, train.memory_gb)"
         )
-    logger.info(
+    logger.debug(
         "plan: spacing %s, %s, patch %s, batch %d (about %.2f GB of %.2f GB)",
         spacing,
         normalization,

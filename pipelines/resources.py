@@ -37,15 +37,25 @@ def inversion_groups(channels: int, input_voxels: int | None) -> list[range]:
     return [range(start, min(start + size, channels)) for start in range(0, channels, size)]
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None."""
+def _meminfo(field: str) -> int | None:
+    """Bytes of ``field`` (``MemAvailable``, ``MemTotal``) in Linux's /proc/meminfo, or None."""
     try:
         for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None."""
+    return _meminfo("MemAvailable")
+
+
+def total_memory() -> int | None:
+    """Bytes of memory the machine has (Linux ``MemTotal``), or None."""
+    return _meminfo("MemTotal")
 
 
 def device_memory(device: Any) -> int | None:

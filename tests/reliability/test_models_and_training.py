@@ -173,6 +173,13 @@ def test_a_patch_beyond_memory_is_refused_with_the_largest_that_fits(
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
     suggested = [int(s) for s in result.err.split("fits is about [")[1].split("]")[0].split(",")]
 
-    choice = rules.NetworkChoice("unetpp", "tiny", {"features": [2, 4, 8]}, 1, 3, 3)
+    choice = rules.NetworkSpec(
+        name="unetpp",
+        preset="tiny",
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=3,
+        options={"features": [2, 4, 8]},
+    )
     options = rules.network_options(choice, suggested, [1.0, 1.0, 1.0], plan_pooling=True)
     assert rules.training_bytes(choice, options, suggested, 1) <= 2**30  # 1 volume, 1 patch
