@@ -7,6 +7,7 @@ cross-validation summary; each fold resumes on its own.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -182,6 +183,7 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
     _require_apart(run_dir, Path(config.data.root))
     if not process_info().is_main:
         return _train_unlocked(config, resume=resume, show_progress=show_progress)
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file in its place, a read-only or full disk
@@ -195,6 +197,11 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
         return _train_unlocked(config, resume=resume, show_progress=show_progress)
     finally:
         lock.release()
+        if created:
+            # A run refused before writing anything leaves no empty folder behind; rmdir
+            # removes only an empty one.
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
 
 
 def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> TrainResult:
