@@ -35,6 +35,8 @@ from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name,
 logger = logging.getLogger(__name__)
 
 REPORT = "predict_report.json"
+BUSY = "another medseg predict run is segmenting this case"
+ABANDONED = "another medseg predict run claimed this case and did not finish it; run again"
 
 
 @dataclass
@@ -205,6 +207,7 @@ def predict(
         finally:
             for lock in held:
                 lock.release()
+    _settle_busy_cases(report, {case.id: case for case in cases})
     order = {case.id: index for index, case in enumerate(cases)}
     report.cases.sort(key=lambda entry: order.get(entry.case, -1))
     name = REPORT if world == 1 else f"predict_report.rank{rank}.json"
@@ -227,8 +230,7 @@ def _claims(
     for case, target in todo:
         lock = try_lock(target)
         if lock is None:
-            busy = "another medseg predict run is segmenting this case"
-            report.cases.append(CaseReport(case.id, "skipped", str(target), error=busy))
+            report.cases.append(CaseReport(case.id, "skipped", str(target), error=BUSY))
             advance(case.id)
             continue
         if not overwrite and finished_output(target, case.image[0]):
@@ -239,6 +241,25 @@ def _claims(
         remove_stale_temporaries(target)
         remove_stale_temporaries(_probabilities_path(case, target))
         yield case, target, lock
+
+
+def _settle_busy_cases(report: PredictReport, cases: dict[str, Case]) -> None:
+    """Bring the cases another run held up to date at the end, so the report of whichever
+    run ends last is true: finished since (skipped, as any complete output), still held
+    (left as busy), or given up without an output (failed: that run's failure or death)."""
+    for entry in report.cases:
+        if entry.status != "skipped" or entry.error != BUSY or entry.output is None:
+            continue
+        target, case = Path(entry.output), cases[entry.case]
+        if finished_output(target, case.image[0]):
+            entry.error = None
+            continue
+        lock = try_lock(target)
+        if lock is not None:
+            lock.release()
+            entry.status, entry.output = "failed", None
+            entry.error = f"{case.image[0]}: {ABANDONED}"
+            logger.error("%s", entry.error)
 
 
 def _remove_stale_lock(target: Path) -> None:

@@ -260,6 +260,49 @@ def test_a_case_locked_by_a_live_run_is_skipped_and_a_dead_runs_lock_is_taken_ov
     ]
 
 
+def test_a_case_abandoned_by_the_other_run_is_reported_failed(
+    tmp_path, ct_inputs, small_ct_model, medseg_cli, monkeypatch
+):
+    """The other run holds volume-0 when this one starts, then dies without writing it:
+    this run's report says so (failed, exit 1) instead of "another run is segmenting"."""
+    from medseg.pipelines import segmenter
+    from medseg.pipelines.case_locks import lock_path
+
+    output = tmp_path / "out"
+    output.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+            str(lock_path(output / "volume-0.nii.gz")),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    infer = segmenter.Segmenter.infer
+
+    def infer_then_let_the_holder_die(self, *args, **kwargs):
+        holder.stdin.close()  # the holder exits, its lock with it
+        holder.wait()
+        return infer(self, *args, **kwargs)
+
+    monkeypatch.setattr(segmenter.Segmenter, "infer", infer_then_let_the_holder_die)
+    try:
+        result = medseg_cli("predict", small_ct_model, ct_inputs, "-o", output)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.code == 1, result.out + result.err
+    report = json.loads((output / "predict_report.json").read_text())
+    abandoned = {c["case"]: c for c in report["cases"]}["volume-0"]
+    assert abandoned["status"] == "failed" and "did not finish it" in abandoned["error"]
+    assert "volume-0.nii" in abandoned["error"]
+
+
 def test_two_concurrent_runs_segment_each_case_once(tmp_path, ct_inputs, small_ct_model):
     output = tmp_path / "out"
     for index in range(2, 6):
