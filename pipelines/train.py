@@ -42,7 +42,7 @@ from medseg.pipelines.plots import plot_learning_curve
 from medseg.pipelines.postprocess import Postprocessing
 from medseg.pipelines.tracking import Tracker
 from medseg.pipelines.trainer import BEST, LAST, Trainer
-from medseg.pipelines.training_memory import require_training_memory
+from medseg.pipelines.training_memory import require_cache_memory, require_training_memory
 from medseg.transforms.presets import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -236,6 +236,8 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
     info = process_info()
     if device.type == "cuda" and info.distributed:
         device = torch.device("cuda", info.local_rank)
+    if config.transforms.cache == "memory":
+        require_cache_memory(index.cases, model_config.preprocessing.spacing)
     require_training_memory(
         partial(build_from_config, model_config),
         model_config.network.in_channels,

@@ -5,18 +5,22 @@ consumes it. Their sum is counted exactly, without allocating anything, by runni
 network on PyTorch's ``meta`` device with a hook on every leaf module; networks with
 data-dependent steps (Swin's ``.item()``) are counted on a real forward of a small patch
 and scaled by voxels. Measured on a CPU: UNet++ small, 2 patches of 64^3 with 4 channels,
-peaked at 1.82 GB over the process's baseline; the count says 1.78 GB.
+peaked at 1.82 GB over the process's baseline; the count says 1.78 GB. An in-memory
+cache of the cases (``transforms.cache: memory``) is estimated from their headers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from medseg.datasets.base import Case
 from medseg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -124,3 +128,74 @@ def _largest_fitting(
             return None
         largest = candidate.index(max(candidate))
         candidate[largest] -= PATCH_STEP
+
+
+def _header_geometry(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+    """(spatial shape, voxel size in mm) from a header alone; None for formats without a
+    cheap header read (TIFF, bitmaps: 2D or small) or a header that cannot be read."""
+    import nibabel as nib
+
+    from medseg.datasets.headers import ITK_SUFFIXES, NIFTI_SUFFIXES, suffix_of
+
+    try:
+        suffix = suffix_of(path)
+        if suffix in NIFTI_SUFFIXES:
+            header = nib.load(path).header
+            rank = min(len(header.get_data_shape()), 3)
+            shape = tuple(int(s) for s in header.get_data_shape()[:rank])
+            return shape, tuple(float(z) for z in header.get_zooms()[:rank])
+        if suffix in ITK_SUFFIXES:
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            rank = min(reader.GetDimension(), 3)
+            return tuple(reader.GetSize()[:rank]), tuple(reader.GetSpacing()[:rank])
+    except Exception:  # the data checks name unreadable files; this is only an estimate
+        return None
+    return None
+
+
+def cache_bytes(cases: Sequence[Case], spacing: Sequence[float] | None) -> int:
+    """Bytes ``transforms.cache: memory`` holds for ``cases``: every image channel and the
+    label as float32, resampled to ``spacing`` (mm; None keeps each input's), from headers
+    alone. Foreground cropping makes the real figure smaller; cases whose header is not
+    cheap to read count nothing."""
+    total = 0
+    for case in cases:
+        geometry = _header_geometry(case.image[0])
+        if geometry is None:
+            continue
+        shape, zooms = geometry
+        voxels = float(math.prod(shape))
+        if spacing is not None and len(spacing) == len(zooms) and all(z > 0 for z in zooms):
+            voxels *= math.prod(z / s for z, s in zip(zooms, spacing, strict=True))
+        per_file = 1 if len(case.image) > 1 else _channels(case.image[0])
+        total += int(voxels) * 4 * (len(case.image) * per_file + 1)
+    return total
+
+
+def _channels(path: Path) -> int:
+    import nibabel as nib
+
+    from medseg.datasets.headers import NIFTI_SUFFIXES, suffix_of
+
+    if suffix_of(path) in NIFTI_SUFFIXES:
+        with contextlib.suppress(Exception):
+            return max(1, math.prod(nib.load(path).header.get_data_shape()[3:]))
+    return 1
+
+
+def require_cache_memory(cases: Sequence[Case], spacing: Sequence[float] | None) -> None:
+    """Refuse (``ConfigError`` naming ``transforms.cache``) an in-memory cache of the
+    training and validation cases that would not fit the memory available."""
+    from medseg.pipelines.resources import available_memory
+
+    needed, available = cache_bytes(cases, spacing), available_memory()
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"transforms.cache memory: caching the {len(cases)} cases needs about "
+            f"{needed / 2**30:.1f} GB, {available / 2**30:.1f} GB is available; use "
+            "transforms.cache: disk (or none)"
+        )

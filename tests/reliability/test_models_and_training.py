@@ -187,3 +187,22 @@ def test_a_patch_beyond_memory_is_refused_with_the_largest_that_fits(
 
     assert training_bytes(build, 1, suggested, 1) <= 2**30  # batch 1, 1 sample a case
     assert training_bytes(build, 1, [s + 16 for s in suggested], 1) > 2**30
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_a_cache_beyond_memory_is_refused_before_training(
+    cache, tmp_path, lits_data, medseg_cli, monkeypatch
+):
+    from medseg.pipelines import resources
+
+    # Four 24x24x16 cases, one channel and a label: 4 * 9216 * 2 * 4 bytes = 288 kB.
+    monkeypatch.setattr(resources, "available_memory", lambda: 200_000)
+    result = medseg_cli(
+        "train", training_config(tmp_path, lits_data), "--set", f"transforms.cache={cache}"
+    )
+    assert result.code == 2, result.out + result.err
+    if cache == "memory":
+        one_line_refusal(result, 2, "transforms.cache", "0.0 GB", "disk")
+    else:
+        assert "transforms.cache" not in result.err and "patch_size" in result.err
+    assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
