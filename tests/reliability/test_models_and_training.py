@@ -206,3 +206,15 @@ def test_a_cache_beyond_memory_is_refused_before_training(
     else:
         assert "transforms.cache" not in result.err and "patch_size" in result.err
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
+
+
+def test_resuming_from_a_misshapen_checkpoint_is_one_line(tmp_path, lits_data, medseg_cli):
+    config = training_config(tmp_path, lits_data, epochs=1, iterations_per_epoch=1)
+    assert medseg_cli("train", config).code == 0
+    checkpoint = tmp_path / "run" / "checkpoint_last.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    name = next(k for k, v in state["network"].items() if v.ndim > 1)
+    state["network"][name] = wrong_shape(state["network"][name])
+    torch.save(state, checkpoint)
+    result = medseg_cli("train", "--resume", tmp_path / "run", "--set", "train.epochs=2")
+    one_line_refusal(result, 2, "checkpoint_last.pt", name, "has shape")
