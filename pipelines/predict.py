@@ -154,7 +154,7 @@ def predict(
     todo = []
     for case in cases:
         target = output_dir / output_name(case.id, case.image[0])
-        if not overwrite and finished_output(target, case.image[0]):
+        if not overwrite and _finished(case, target, save_probabilities):
             report.cases.append(CaseReport(case.id, "skipped", str(target)))
             _remove_stale_lock(target)
         else:
@@ -167,7 +167,7 @@ def predict(
         ThreadPoolExecutor(1) as reader,
         ThreadPoolExecutor(1) as writer,
     ):
-        claims = _claims(todo, overwrite, report, advance)
+        claims = _claims(todo, overwrite, save_probabilities, report, advance)
 
         def load_next() -> tuple[tuple[Case, Path, CaseLock], Future] | None:
             claim = next(claims, None)
@@ -222,7 +222,11 @@ def predict(
 
 
 def _claims(
-    todo: list[tuple[Case, Path]], overwrite: bool, report: PredictReport, advance: Any
+    todo: list[tuple[Case, Path]],
+    overwrite: bool,
+    save_probabilities: bool,
+    report: PredictReport,
+    advance: Any,
 ) -> Iterator[tuple[Case, Path, CaseLock]]:
     """The cases of ``todo`` this process claims, in order, each with its lock. A case
     another live run holds, or that one finished since the run started, is reported as
@@ -233,7 +237,7 @@ def _claims(
             report.cases.append(CaseReport(case.id, "skipped", str(target), error=BUSY))
             advance(case.id)
             continue
-        if not overwrite and finished_output(target, case.image[0]):
+        if not overwrite and _finished(case, target, save_probabilities):
             lock.release()
             report.cases.append(CaseReport(case.id, "skipped", str(target)))
             advance(case.id)
@@ -241,6 +245,24 @@ def _claims(
         remove_stale_temporaries(target)
         remove_stale_temporaries(_probabilities_path(case, target))
         yield case, target, lock
+
+
+def _finished(case: Case, target: Path, save_probabilities: bool) -> bool:
+    """Whether ``case`` needs no work: a complete label map and, when probabilities are
+    asked for, a readable ``_probabilities.npz`` of the same grid (a run killed between
+    the two writes leaves the label map alone)."""
+    if not finished_output(target, case.image[0]):
+        return False
+    if not save_probabilities:
+        return True
+    try:
+        with np.load(_probabilities_path(case, target), allow_pickle=False) as saved:
+            shape = saved["probabilities"].shape
+    except Exception:  # missing, truncated or foreign: make it again
+        return False
+    from medseg.datasets.headers import inspect_image
+
+    return tuple(shape[1:]) == tuple(inspect_image(target).shape)
 
 
 def _settle_busy_cases(report: PredictReport, cases: dict[str, Case]) -> None:

@@ -216,6 +216,22 @@ def test_rerun_redoes_outputs_that_are_not_complete(
     assert np.array_equal(nib.load(target).get_fdata(), good)
 
 
+def test_rerun_redoes_a_case_whose_probabilities_are_missing(
+    tmp_path, ct_inputs, small_ct_model, medseg_cli
+):
+    output = tmp_path / "out"
+    arguments = ("predict", small_ct_model, ct_inputs, "-o", output, "--save-probabilities")
+    assert medseg_cli(*arguments).code == 0
+    (output / "volume-1_probabilities.npz").unlink()  # killed between the two writes
+    (output / "volume-0_probabilities.npz").write_bytes(b"PK\x03\x04 cut short")
+    result = medseg_cli(*arguments)
+    assert result.code == 0, result.out + result.err
+    assert "2 segmented, 0 already done" in result.out
+    for index in range(2):
+        with np.load(output / f"volume-{index}_probabilities.npz") as saved:
+            assert saved["probabilities"].shape[1:] == SHAPE
+
+
 # ---- 22: concurrent runs share the cases; a dead owner's case is taken over ----
 
 
