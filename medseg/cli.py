@@ -124,6 +124,51 @@ def check(
 
 
 @app.command()
+def plan(
+    layout: Annotated[str, typer.Argument(help=f"One of {', '.join(LAYOUT_NAMES)}.")],
+    root: Annotated[Path, typer.Argument(help="Dataset root.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for fingerprint.json and plan.json.")
+    ] = Path("plan"),
+    memory_gb: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001, help="Training memory budget (default: half the RAM, or the GPU's)."
+        ),
+    ] = None,
+    network: Annotated[str, typer.Option(help="Network to plan for.")] = "unetpp",
+    preset: Annotated[str, typer.Option(help="Its preset: paper, small or tiny.")] = "small",
+    device: Annotated[str, typer.Option(help="cpu or cuda: whose memory the budget is.")] = "cpu",
+) -> None:
+    """Fingerprint a dataset and plan spacing, normalisation, patch, batch and pooling."""
+    from medseg.config import parse_config
+    from medseg.pipelines.planner import plan_dataset
+
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter(f"{device!r}: use cpu or cuda", param_hint="--device")
+    settings = parse_config(
+        {
+            "data": {"layout": layout, "root": str(root)},
+            "network": {"name": network, "preset": preset},
+            "train": {"memory_gb": memory_gb, "device": device},
+        },
+        "medseg plan",
+    )
+    planned = plan_dataset(settings, output)
+    decided = planned.plan
+    console = _console()
+    console.print(
+        f"{decided['cases']} cases: spacing {decided['spacing']}, {decided['normalization']}, "
+        f"patch {decided['patch_size']}, batch {decided['batch_size']}, about "
+        f"{decided['memory_estimate_gb']:.2f} GB of {decided['memory_budget_gb']:.2f} GB",
+        highlight=False,
+    )
+    console.print(
+        f"wrote {output / 'fingerprint.json'} and {output / 'plan.json'}", highlight=False
+    )
+
+
+@app.command()
 def train(
     config: Annotated[
         Path | None, typer.Argument(help="YAML config (optional with --resume).")

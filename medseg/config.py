@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,6 +26,11 @@ from medseg.files import read_regular_text
 from medseg.yaml_input import describe_validation_error, load_yaml
 
 Layout = Literal["brats", "lits", "msd", "em", "isic", "folder"]
+# The intensity rules of ``medseg.transforms.presets.NORMALIZATIONS``, named here so that
+# reading a config imports no MONAI (a test keeps the two lists equal).
+NormalizationChoice = Literal[
+    "auto", "ct_window", "zscore_image", "zscore_body", "zscore_nonzero", "percentile"
+]
 Modality = Literal["mri", "ct", "em", "rgb"]
 
 
@@ -62,11 +67,16 @@ class DataConfig(_Section):
 
 
 class NetworkConfig(_Section):
-    """A network from the registry (``medseg.networks.available()``) and its preset."""
+    """A network from the registry (``medseg.networks.available()``) and its preset.
+
+    ``pooling: auto`` lets the plan match a UNet++'s depth and per-axis pooling to the patch
+    (``options.features`` and ``options.strides``); ``fixed`` keeps the options as given.
+    """
 
     name: str
     preset: Literal["paper", "small", "tiny"] = "small"
     options: dict[str, Any] = Field(default_factory=dict)
+    pooling: Literal["auto", "fixed"] = "auto"
 
 
 class AugmentConfig(_Section):
@@ -87,10 +97,15 @@ class AugmentConfig(_Section):
 class TransformsConfig(_Section):
     """Preprocessing (shared by training and prediction) and training-time sampling.
 
+    ``auto`` leaves a choice to the plan made from the training set's fingerprint
+    (``medseg plan``, ``docs/planning.md``), resolved into the run's saved config.
     ``modality`` defaults to the layout's; ``spacing`` is a target voxel size in mm,
     ``auto`` (the training set's median, as nnU-Net) or None (keep each input's);
-    ``foreground_crop`` defaults to on for MRI and CT; ``ct_window`` clips Hounsfield units
-    before z-scoring (``auto``: the training foreground's 0.5-99.5 percentiles);
+    ``patch_size`` the training patch and sliding-window size in voxels (``auto``: as large
+    as the memory budget allows, up to the median image); ``normalization`` one of
+    ``medseg.transforms.presets.NORMALIZATIONS``; ``foreground_crop`` crops to the body (CT)
+    or the non-zero voxels; ``ct_window`` clips Hounsfield units before z-scoring
+    (``auto``: the training foreground's 0.5-99.5 percentiles);
     ``slices`` > 1 feeds a 2D network that many adjacent slices as channels (2.5D);
     ``foreground_ratio`` of the training crops are centred on foreground, on any foreground
     voxel (``foreground_classes: any``) or on one of a class drawn with equal odds
@@ -98,9 +113,10 @@ class TransformsConfig(_Section):
     """
 
     modality: Modality | None = None
-    spacing: list[float] | Literal["auto"] | None = None
-    patch_size: list[int] = Field(default_factory=lambda: [96, 96, 96])
-    foreground_crop: bool | None = None
+    spacing: list[float] | Literal["auto"] | None = "auto"
+    patch_size: list[int] | Literal["auto"] = "auto"
+    normalization: NormalizationChoice = "auto"
+    foreground_crop: bool | Literal["auto"] = "auto"
     ct_window: list[float] | Literal["auto"] = "auto"
     slices: int = Field(1, ge=1)
     samples_per_case: int = Field(2, ge=1)
@@ -111,8 +127,8 @@ class TransformsConfig(_Section):
 
     @field_validator("patch_size")
     @classmethod
-    def _patch_dims(cls, patch_size: list[int]) -> list[int]:
-        if len(patch_size) not in (2, 3) or min(patch_size) < 1:
+    def _patch_dims(cls, patch_size: Any) -> Any:
+        if isinstance(patch_size, list) and (len(patch_size) not in (2, 3) or min(patch_size) < 1):
             raise ValueError(f"must be 2 or 3 positive sizes, got {patch_size}")
         return patch_size
 
@@ -155,7 +171,9 @@ class TrainConfig(_Section):
     """The optimisation recipe.
 
     ``batch_size`` is the global batch (volumes per step; each gives
-    ``transforms.samples_per_case`` patches), split across ranks under torchrun;
+    ``transforms.samples_per_case`` patches), split across ranks under torchrun (``auto``:
+    planned from the memory budget); ``memory_gb`` is that budget (None: half the machine's
+    memory on the CPU, the GPU's memory on CUDA);
     ``accumulate`` steps are summed before each update; ``precision`` is the CUDA mixed
     precision (``auto``: bf16 where supported, else fp16 with a gradient scaler; the CPU
     always runs fp32); ``early_stopping`` stops after that many validations without
@@ -164,7 +182,8 @@ class TrainConfig(_Section):
     """
 
     epochs: int = Field(100, ge=1)
-    batch_size: int = Field(2, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    memory_gb: float | None = Field(None, gt=0)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"

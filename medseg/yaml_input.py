@@ -9,6 +9,7 @@ built from it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -107,13 +108,22 @@ def bounded_repr(value: Any) -> str:
     return limits.repr(value)
 
 
+# Pydantic names the branch of a union (``int | "auto"``) in an error's location.
+_UNION_BRANCH = re.compile(r"^(int|float|str|bool|list\[.*\]|literal\[.*\]|constrained-.*)$")
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """Every problem of a pydantic ``error`` as ``key: what is wrong (got value)``, joined
     in one line; values are shortened, never rendered whole."""
     problems = []
     items = error.errors()
+    seen = set()
     for item in items[:SHOWN_PROBLEMS]:
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        parts = [str(part) for part in item["loc"] if not _UNION_BRANCH.match(str(part))]
+        key = ".".join(parts) or "(top level)"
+        if key in seen:
+            continue  # one line per key: the first branch of a union says what was wanted
+        seen.add(key)
         if item["type"] == "extra_forbidden":
             problems.append(f"{key}: unknown key")
         elif item["type"] == "missing":

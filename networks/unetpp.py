@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from monai.networks.blocks import UpSample
@@ -56,10 +57,14 @@ class UNetPlusPlus(nn.Module):
         dropout: dropout rate inside the convolution blocks.
         deep_supervision: in training mode return every head, final first.
         prune_level: build only the nodes that head ``prune_level`` needs (None: all D).
+        strides: per depth 1..D, the pooling factor of each spatial axis (1 or 2), e.g.
+            ``[[2, 2, 1], [2, 2, 2], ...]`` for thick slices, as nnU-Net plans anisotropic
+            pooling; None pools every axis by 2 at every depth (the paper).
 
     ``forward(x, prune_level=None)`` maps ``(B, C_in, *spatial)`` (float32, each spatial
-    size divisible by 2**level) to logits ``(B, C_out, *spatial)``; in training mode with
-    deep supervision, to a list ``[head_L, head_{L-1}, ..., head_1]``.
+    size divisible by the product of its strides up to ``level``, 2**level by default) to
+    logits ``(B, C_out, *spatial)``; in training mode with deep supervision, to a list
+    ``[head_L, head_{L-1}, ..., head_1]``.
     """
 
     def __init__(
@@ -73,18 +78,30 @@ class UNetPlusPlus(nn.Module):
         dropout: float = 0.0,
         deep_supervision: bool = True,
         prune_level: int | None = None,
+        strides: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         depth = len(features) - 1
         if depth < 1:
             raise ValueError(f"features needs at least 2 entries, got {tuple(features)}")
+        if strides is None:
+            strides = [[2] * spatial_dims] * depth
+        if len(strides) != depth or any(
+            len(level) != spatial_dims or not set(level) <= {1, 2} for level in strides
+        ):
+            raise ValueError(
+                f"strides needs {depth} entries of {spatial_dims} factors (1 or 2), got {strides}"
+            )
         if prune_level is not None and not 1 <= prune_level <= depth:
             raise ValueError(f"prune_level must be in 1..{depth}, got {prune_level}")
         self.spatial_dims = spatial_dims
         self.depth = depth
         self.levels = prune_level or depth
         self.deep_supervision = deep_supervision
-        self.pool = Pool["max", spatial_dims](kernel_size=2)
+        self.strides = [tuple(int(factor) for factor in level) for level in strides]
+        self.pools = nn.ModuleList(
+            Pool["max", spatial_dims](kernel_size=level) for level in self.strides
+        )
 
         def block(in_chns: int, out_chns: int) -> TwoConv:
             return TwoConv(spatial_dims, in_chns, out_chns, act, norm, bias=True, dropout=dropout)
@@ -99,7 +116,11 @@ class UNetPlusPlus(nn.Module):
                 name = _node_name(depth_index, position)
                 width = features[depth_index]
                 self.ups[name] = UpSample(
-                    spatial_dims, features[depth_index + 1], width, scale_factor=2, mode="deconv"
+                    spatial_dims,
+                    features[depth_index + 1],
+                    width,
+                    scale_factor=self.strides[depth_index],
+                    mode="deconv",
                 )
                 self.nodes[name] = block(width * (position + 1), width)
         self.heads = nn.ModuleList(
@@ -114,16 +135,18 @@ class UNetPlusPlus(nn.Module):
         level = self.levels if prune_level is None else prune_level
         if not 1 <= level <= self.levels:
             raise ValueError(f"prune_level must be in 1..{self.levels}, got {prune_level}")
-        divisor = 2**level
+        divisor = self.divisor(level)
         spatial = tuple(x.shape[2:])
-        if any(size % divisor for size in spatial):
+        if any(size % k for size, k in zip(spatial, divisor, strict=True)):
+            shown = divisor[0] if len(set(divisor)) == 1 else divisor
             raise ValueError(
-                f"UNet++ at level {level} needs each spatial size divisible by {divisor}, "
-                f"got {spatial}; pad the input (e.g. monai.transforms.DivisiblePad(k={divisor}))"
+                f"UNet++ at level {level} needs each spatial size divisible by {shown}, "
+                f"got {spatial}; pad the input (e.g. monai.transforms.DivisiblePad(k={shown}))"
             )
         outputs: dict[tuple[int, int], torch.Tensor] = {}
         for depth_index in range(level + 1):
-            source = x if depth_index == 0 else self.pool(outputs[(depth_index - 1, 0)])
+            pool = self.pools[depth_index - 1] if depth_index else None
+            source = x if pool is None else pool(outputs[(depth_index - 1, 0)])
             outputs[(depth_index, 0)] = self.nodes[_node_name(depth_index, 0)](source)
         for position in range(1, level + 1):
             for depth_index in range(level - position + 1):
@@ -136,6 +159,11 @@ class UNetPlusPlus(nn.Module):
         if self.training and self.deep_supervision:
             return [self.heads[j - 1](outputs[(0, j)]) for j in range(level, 0, -1)]
         return self.heads[level - 1](outputs[(0, level)])
+
+    def divisor(self, level: int | None = None) -> tuple[int, ...]:
+        """Per spatial axis, what input sizes must divide by at ``level`` (default: all)."""
+        factors = np.prod(self.strides[: level or self.levels], axis=0)
+        return tuple(int(factor) for factor in factors)
 
     def level_parameter_names(self, level: int) -> list[str]:
         """Names (``state_dict`` keys) of the parameters and buffers head ``level`` uses."""

@@ -19,7 +19,8 @@ def model_info(model: str | Path) -> dict[str, Any]:
     scheme); ``preprocessing``; ``inference`` (sliding-window settings); ``postprocessing``
     (rules); ``training`` (what training recorded: epoch, validation metrics, ...); and
     ``provenance`` (``medseg_version``, ``git_commit``, ``dataset_fingerprint``, None when
-    not recorded). Raises ``ConfigError`` when the model cannot be opened.
+    not recorded); ``plan`` (what training's plan decided, empty without one). Raises
+    ``ConfigError`` when the model cannot be opened.
     """
     config, network = open_model(model)
     described = {
@@ -43,6 +44,7 @@ def model_info(model: str | Path) -> dict[str, Any]:
         "preprocessing": config.preprocessing.model_dump(mode="json"),
         "inference": config.inference.model_dump(mode="json"),
         "postprocessing": config.postprocessing.model_dump(mode="json"),
+        "plan": config.plan,
         "training": {k: v for k, v in recorded.items() if k not in PROVENANCE_KEYS},
         "provenance": {
             "medseg_version": config.medseg_version,
@@ -99,12 +101,30 @@ def _sections(info: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
         ("preprocessing", [(k, _text(v)) for k, v in info["preprocessing"].items()]),
         ("inference", [(k, _text(v)) for k, v in info["inference"].items()]),
         ("postprocessing", [(k, _text(v)) for k, v in post.items() if v] or [("rules", "none")]),
+        ("plan", _plan_rows(info["plan"])),
         (
             "training",
             training_rows or [("recorded", "nothing (untrained or not from medseg train)")],
         ),
         ("provenance", [(k, _text(v) if v else "not recorded") for k, v in provenance.items()]),
     ]
+
+
+def _plan_rows(plan: dict[str, Any]) -> list[tuple[str, str]]:
+    if not plan:
+        return [("plan", "none (trained without planning)")]
+    decided = plan.get("decided_by", {})
+    shown = ("spacing", "normalization", "foreground_crop", "patch_size", "batch_size")
+    rows = [(key, f"{_text(plan.get(key))} ({decided.get(key, 'config')})") for key in shown]
+    rows.append(("network options", _text(plan.get("network", {}).get("options", {}))))
+    rows.append(
+        (
+            "memory",
+            f"about {plan.get('memory_estimate_gb')} GB of {plan.get('memory_budget_gb')} GB "
+            f"on {plan.get('device')}",
+        )
+    )
+    return rows
 
 
 def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:

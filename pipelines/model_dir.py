@@ -60,7 +60,9 @@ class InferenceSpec(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The contents of a model directory's ``config.yaml``."""
+    """The contents of a model directory's ``config.yaml``; ``plan`` is the plan training
+    resolved its ``auto`` choices with (empty for a model trained without one), kept so
+    that ``medseg info`` can show what prediction applies and why."""
 
     medseg_version: str = __version__
     network: NetworkSpec
@@ -69,6 +71,7 @@ class ModelConfig(_Strict):
     inference: InferenceSpec
     postprocessing: Postprocessing = Field(default_factory=Postprocessing)
     provenance: dict[str, Any] = Field(default_factory=dict)
+    plan: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def scheme(self) -> LabelScheme:

@@ -20,12 +20,14 @@ from medseg.transforms.checks import RequireUsableImaged
 from medseg.transforms.slices import AdjacentSlicesd
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-INTENSITY_STEPS = ("threshold", "z-score", "scale_percentiles")
+INTENSITY_STEPS = ("threshold", "z-score", "z-score_body", "scale_percentiles")
 
 # Crop selections by rule: the functions' names say what, these say exactly which voxels.
 _CROP_RULES = {
     presets.is_body: f"voxels > {presets.CT_BODY_THRESHOLD:g} (HU) in any channel",
     presets.is_positive: "voxels > 0 in any channel",
+    presets.is_above_background: f"voxels > {presets.BODY_FRACTION:g} x their channel's "
+    f"{presets.BODY_PERCENTILE:g}th percentile in any channel",
 }
 
 
@@ -144,6 +146,13 @@ def _describe_step(transform: Any) -> dict[str, Any] | None:
             "meaning": "(x - subtract) / divide_by; null means the image's own mean (std), "
             "over its non-zero voxels when nonzero_only (zeros stay 0), per channel when "
             "channel_wise",
+        }
+    if isinstance(transform, presets.ZScoreBodyd):
+        return {
+            "step": "z-score_body",
+            "body": _CROP_RULES[presets.is_above_background].replace("in any channel", ""),
+            "meaning": "per channel, (x - mean) / std over the channel's body voxels; 0 "
+            "outside the body",
         }
     if isinstance(transform, mt.ScaleIntensityRangePercentilesd):
         rule = transform.scaler

@@ -136,7 +136,7 @@ class Segmenter:
     def _check_window_memory(self, device: torch.device) -> None:
         """Refuse a model whose windows alone exceed the memory ``device`` has: the error
         names ``inference.roi_size``, not the first input image."""
-        from medseg.pipelines.training_memory import device_memory
+        from medseg.pipelines.resources import device_memory
 
         inference, network = self.config.inference, self.config.network
         channels = network.in_channels + 2 * network.out_channels

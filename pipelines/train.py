@@ -13,7 +13,6 @@ import io
 import json
 import logging
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +33,15 @@ from medseg.pipelines.model_dir import (
     InferenceSpec,
     ModelConfig,
     NetworkSpec,
-    build_from_config,
     load_model_dir,
     save_model_dir,
 )
+from medseg.pipelines.planner import FINGERPRINT_FILE, PLAN_FILE, PlannedRun, plan_run
 from medseg.pipelines.plots import plot_learning_curve
 from medseg.pipelines.postprocess import Postprocessing
+from medseg.pipelines.resources import require_cache_memory
 from medseg.pipelines.tracking import Tracker
 from medseg.pipelines.trainer import BEST, LAST, Trainer
-from medseg.pipelines.training_memory import require_cache_memory, require_training_memory
 from medseg.transforms.presets import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -64,36 +63,28 @@ class TrainResult:
     tracking_uri: str | None = None
 
 
-def _preprocessing(config: Config, index: Any, train_cases: list[Any]) -> Preprocessing:
-    """Preprocessing for this run, with what the config leaves open fitted on ``train_cases``."""
-    from medseg.transforms.statistics import ct_statistics, median_spacing
-
+def _preprocessing(config: Config, index: Any, planned: PlannedRun) -> Preprocessing:
+    """Preprocessing for this run, from its resolved config and the statistics it fitted."""
     settings = config.transforms
-    modality = settings.modality or index.modality
-    spacing = median_spacing(train_cases) if settings.spacing == "auto" else settings.spacing
-    crop = settings.foreground_crop
-    if crop is None:
-        crop = modality in ("mri", "ct")
-    intensity = {}
-    if modality == "ct":
-        window = None if settings.ct_window == "auto" else settings.ct_window
-        intensity = ct_statistics(train_cases, window)
     if settings.slices > 1 and not (index.spatial_dims == 3 and len(settings.patch_size) == 2):
         raise ConfigError("transforms.slices > 1 needs a 2D patch_size on volumes (2.5D)")
     return Preprocessing(
         layout=config.data.layout,
-        modality=modality,
+        modality=settings.modality or index.modality,
         channels=list(index.channels),
         spatial_dims=index.spatial_dims,
-        spacing=spacing,
-        foreground_crop=crop,
+        spacing=settings.spacing,
+        foreground_crop=settings.foreground_crop,
         slices=settings.slices,
         patch_size=settings.patch_size,
-        intensity=intensity,
+        intensity=planned.ct_statistics,
+        normalization=settings.normalization,
     )
 
 
-def _model_config(config: Config, index: Any, pre: Preprocessing) -> ModelConfig:
+def _model_config(
+    config: Config, index: Any, pre: Preprocessing, plan: dict[str, Any]
+) -> ModelConfig:
     network = NetworkSpec(
         name=config.network.name,
         preset=config.network.preset,
@@ -125,6 +116,7 @@ def _model_config(config: Config, index: Any, pre: Preprocessing) -> ModelConfig
         inference=inference,
         postprocessing=postprocessing,
         provenance=provenance,
+        plan=plan,
     )
 
 
@@ -224,27 +216,25 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
         raise ConfigError(
             f"{config.data.root}: {len(index.problems)} unusable cases: {listed}{more}"
         )
+    device = resolve_device(config.train.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(
-        run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False)
-    )
     split = _split(config, index, run_dir)
     by_id = {case.id: case for case in index.cases}
-    pre = _preprocessing(config, index, [by_id[c] for c in split["train"] if c in by_id])
-    model_config = _model_config(config, index, pre)
-    device = resolve_device(config.train.device)
+    train_cases = [by_id[c] for c in split["train"] if c in by_id]
+    planned = plan_run(config, index, train_cases, device_type=device.type)
+    config = planned.config
     info = process_info()
+    if info.is_main:
+        planned.write(run_dir)
+        write_text_atomic(
+            run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False)
+        )
+    pre = _preprocessing(config, index, planned)
+    model_config = _model_config(config, index, pre, planned.plan)
     if device.type == "cuda" and info.distributed:
         device = torch.device("cuda", info.local_rank)
     if config.transforms.cache == "memory":
         require_cache_memory(index.cases, model_config.preprocessing.spacing)
-    require_training_memory(
-        partial(build_from_config, model_config),
-        model_config.network.in_channels,
-        model_config.inference.roi_size,
-        max(1, config.train.batch_size // info.world_size) * config.transforms.samples_per_case,
-        device,
-    )
     state = load_checkpoint(run_dir / LAST) if resume else None
     tracker = Tracker(
         enabled=config.tracking.enabled and info.is_main,
@@ -298,7 +288,15 @@ def _require_apart(run_dir: Path, data_root: Path) -> None:
 def _finish(run_dir: Path, config: Config, outcome: dict[str, Any], tracker: Tracker) -> None:
     """Plots and artifacts at the end of a run, and the model in MLflow (registered if asked)."""
     plot_learning_curve(run_dir / "learning_curve.png", outcome["history"])
-    for artifact in ("config.yaml", "splits.json", "validation.csv", "learning_curve.png"):
+    artifacts = (
+        "config.yaml",
+        "splits.json",
+        FINGERPRINT_FILE,
+        PLAN_FILE,
+        "validation.csv",
+        "learning_curve.png",
+    )
+    for artifact in artifacts:
         if (run_dir / artifact).exists():
             tracker.log_artifact(run_dir / artifact)
     tracker.log_artifact(run_dir / "model", "model")

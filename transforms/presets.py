@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from monai import transforms as mt
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +24,24 @@ from medseg.transforms.slices import AdjacentSlicesd
 _AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
+Normalization = Literal["ct_window", "zscore_image", "zscore_body", "zscore_nonzero", "percentile"]
+NORMALIZATIONS: dict[str, str] = {
+    "ct_window": "Hounsfield units clipped to the fitted window, then the training "
+    "foreground's mean and std",
+    "zscore_image": "each channel z-scored over the whole image",
+    "zscore_body": "each channel z-scored over the body (voxels above BODY_FRACTION of the "
+    "channel's 99.5th percentile); 0 outside it",
+    "zscore_nonzero": "each channel z-scored over its non-zero voxels",
+    "percentile": "each channel's 0.5-99.5th percentiles scaled to 0..1",
+}
+LEGACY_NORMALIZATION = {"ct": "ct_window", "mri": "zscore_nonzero", "em": "percentile"}
+# A share of a channel's bright end below which a voxel is background: above the noise of an
+# MRI's air (a few percent of tissue signal) and below dark tissue such as CSF on T1, and a
+# ratio, so it holds whatever the scanner's intensity scale.
+BODY_FRACTION = 0.05
+BODY_PERCENTILE = 99.5
+
+
 class Preprocessing(BaseModel):
     """The deterministic steps between a file on disk and the network's input.
 
@@ -32,7 +51,10 @@ class Preprocessing(BaseModel):
     crops to the body (CT) or the non-zero voxels (MRI); ``slices`` > 1 stacks that many
     adjacent slices as channels for a 2D network (2.5D); ``patch_size`` is the network's
     training patch and sliding-window size (voxels); ``intensity`` holds statistics
-    fitted on the training set (CT: ``window_low``, ``window_high``, ``mean``, ``std`` in HU).
+    fitted on the training set (CT: ``window_low``, ``window_high``, ``mean``, ``std`` in HU);
+    ``normalization`` is the intensity rule planned once for the dataset (see
+    ``NORMALIZATIONS``; None: the modality's rule from before planning existed, kept so that
+    older model directories predict as they were trained).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -47,6 +69,7 @@ class Preprocessing(BaseModel):
     slices: int = 1
     patch_size: list[int]
     intensity: dict[str, float] = Field(default_factory=dict)
+    normalization: Normalization | None = None
 
     @property
     def slice_wise(self) -> bool:
@@ -96,23 +119,73 @@ def is_positive(image: Any) -> Any:
     return image > 0
 
 
+def is_above_background(image: Any) -> Any:
+    """The body of a ``(C, *spatial)`` image: per channel, the voxels above ``BODY_FRACTION``
+    of its ``BODY_PERCENTILE``-th percentile (exact zeros and low noise are background)."""
+    plain = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    flat = plain.reshape(plain.shape[0], -1)
+    # A strided subsample of at most a million values per channel: a percentile to well
+    # under a percent, without sorting a whole CT.
+    step = max(1, flat.shape[1] // 1_000_000)
+    bright = torch.stack(
+        [torch.quantile(row[::step].float(), BODY_PERCENTILE / 100) for row in flat]
+    )
+    threshold = (BODY_FRACTION * bright.clamp(min=0)).reshape(-1, *[1] * (plain.ndim - 1))
+    return plain > threshold
+
+
+class ZScoreBodyd(mt.MapTransform):
+    """Z-score each channel over its body (``is_above_background``), and set the voxels
+    outside it to 0, so that a background of exact zeros and one of low noise give the same
+    network input. nnU-Net z-scores over the non-zero mask, which low noise fills whole;
+    MONAI's ``NormalizeIntensity`` takes no mask, hence this transform."""
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Normalise ``data[key]`` ``(C, *spatial)`` float32 in place of the original."""
+        result = dict(data)
+        for key in self.key_iterator(result):
+            image = result[key]
+            body = is_above_background(image)
+            normalised = image.clone()  # keeps MONAI's metadata, which Invertd needs
+            for channel in range(image.shape[0]):
+                values = image[channel][body[channel]]
+                mean, std = (
+                    (values.mean(), values.std(unbiased=False)) if values.numel() else (0, 1)
+                )
+                normalised[channel] = torch.where(
+                    body[channel], (image[channel] - mean) / max(float(std), 1e-8), 0.0
+                )
+            result[key] = normalised
+        return result
+
+
 def _spatial(pre: Preprocessing, keys: list[str]) -> list[Any]:
     axcodes = pre.orientation[: pre.spatial_dims]
     steps: list[Any] = [mt.Orientationd(keys, axcodes=axcodes, labels=_AXIS_LABELS)]
     steps += _resampling(pre, keys)
     if pre.foreground_crop:
         # Runs on the unnormalised image: after z-scoring, background is no longer zero.
-        select = is_body if pre.modality == "ct" else is_positive
+        select = {"ct_window": is_body, "zscore_body": is_above_background}.get(
+            _normalization(pre), is_positive
+        )
         steps.append(
             mt.CropForegroundd(keys, source_key="image", select_fn=select, allow_smaller=True)
         )
     return steps
 
 
+def _normalization(pre: Preprocessing) -> str:
+    """The rule ``pre`` normalises with: the planned one, or the modality's legacy rule."""
+    return pre.normalization or LEGACY_NORMALIZATION.get(pre.modality, "zscore_image")
+
+
 def _intensity(pre: Preprocessing) -> list[Any]:
-    if pre.modality == "mri":
+    rule = _normalization(pre)
+    if rule == "zscore_nonzero":
         return [mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True)]
-    if pre.modality == "ct":
+    if rule == "zscore_body":
+        return [ZScoreBodyd("image")]
+    if rule == "ct_window":
         stats = pre.intensity
         missing = {"window_low", "window_high", "mean", "std"} - set(stats)
         if missing:
@@ -126,15 +199,16 @@ def _intensity(pre: Preprocessing) -> list[Any]:
             ),
             mt.NormalizeIntensityd("image", subtrahend=stats["mean"], divisor=stats["std"]),
         ]
-    if pre.modality == "em":
+    if rule == "percentile":
         return [
             mt.ScaleIntensityRangePercentilesd(
                 "image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
             )
         ]
-    # RGB: each image z-scored per channel, as nnU-Net does for non-CT data. Scaled to 0..1
-    # instead, dermoscopy phantoms kept a standard deviation of about 0.15 and the tiny
-    # Att-SwinU-Net did not learn from whole images in 80 steps (loss flat at 0.80).
+    # zscore_image, and RGB's rule: each image z-scored per channel, as nnU-Net does for
+    # non-CT data. Scaled to 0..1 instead, dermoscopy phantoms kept a standard deviation of
+    # about 0.15 and the tiny Att-SwinU-Net did not learn from whole images in 80 steps
+    # (loss flat at 0.80).
     return [mt.NormalizeIntensityd("image", channel_wise=True)]
 
 

@@ -12,7 +12,6 @@ from medseg.config import AugmentConfig
 from medseg.datasets.base import Case, LabelScheme
 from medseg.transforms.presets import Preprocessing, inference_transforms, training_transforms
 from medseg.transforms.slices import adjacent_slices
-from medseg.transforms.statistics import ct_statistics, median_spacing
 
 SCHEME = LabelScheme.classes({"background": 0, "object": 1})
 
@@ -37,26 +36,6 @@ def ct_cases(tmp_path):
             write_case(tmp_path, f"case{index}", image, label, spacing=(0.8, 0.8, 2.5 + index))
         )
     return cases
-
-
-def test_ct_statistics_come_from_the_training_foreground(ct_cases):
-    stats = ct_statistics(ct_cases)
-    foreground = np.concatenate(
-        [
-            np.asarray(nib.load(c.image[0]).dataobj)[np.asarray(nib.load(c.label).dataobj) > 0]
-            for c in ct_cases
-        ]
-    ).astype(np.float64)
-    low, high = np.percentile(foreground, [0.5, 99.5])
-    assert stats["window_low"] == pytest.approx(low)
-    assert stats["window_high"] == pytest.approx(high)
-    assert stats["mean"] == pytest.approx(np.clip(foreground, low, high).mean(), rel=1e-5)
-    fixed = ct_statistics(ct_cases, window=(-200, 250))
-    assert (fixed["window_low"], fixed["window_high"]) == (-200, 250)
-
-
-def test_median_spacing_follows_the_training_set(ct_cases):
-    assert median_spacing(ct_cases) == [0.8, 0.8, 3.5]
 
 
 def test_inference_reproduces_training_normalisation_from_stored_statistics(ct_cases, tmp_path):
