@@ -36,13 +36,16 @@ class CaseGeometry:
     """One case's grid: ``shape`` (voxels) and ``spacing`` (mm) in RAS order, the axis codes
     it is stored in (``"LPS"``), the box of the non-zero voxels of all channels
     (``cropped_shape``, RAS order) and the share of the voxels it keeps (1.0: cropping to
-    non-zero removes nothing)."""
+    non-zero removes nothing), and the share of voxels in the body (``body_share``: above
+    ``BODY_FRACTION`` of the first channel's ``BODY_PERCENTILE``-th percentile, which low
+    background noise does not reach; measured for MRI only, 1.0 otherwise)."""
 
     shape: list[int]
     spacing: list[float]
     orientation: str
     cropped_shape: list[int]
     crop_ratio: float
+    body_share: float = 1.0
 
 
 @dataclass
@@ -86,6 +89,11 @@ class Fingerprint:
         """Median share of an image that cropping to its non-zero voxels keeps."""
         return float(np.median([case.crop_ratio for case in self.cases]))
 
+    @property
+    def median_body_share(self) -> float:
+        """Median share of an image's voxels in its body (see ``CaseGeometry``)."""
+        return float(np.median([case.body_share for case in self.cases]))
+
     def to_json(self) -> dict[str, Any]:
         """The fingerprint as JSON-ready data (``fingerprint.json``)."""
         orientations = Counter(case.orientation for case in self.cases)
@@ -100,6 +108,7 @@ class Fingerprint:
                 "spacing": _spread(self.spacings),
                 "orientations": dict(orientations.most_common()),
                 "crop_to_nonzero_ratio": _spread(np.array([c.crop_ratio for c in self.cases])),
+                "body_share": _spread(np.array([c.body_share for c in self.cases])),
                 "per_case": {
                     case_id: vars(case)
                     for case_id, case in zip(self.case_ids, self.cases, strict=True)
@@ -298,6 +307,22 @@ class _ChannelPass:
         return extent
 
 
+def _body_share(slabs: Iterator[tuple[slice, np.ndarray]], sample: np.ndarray) -> float:
+    """Share of a channel's voxels above ``BODY_FRACTION`` of its ``BODY_PERCENTILE``-th
+    percentile (estimated from ``sample``): the rule medseg's body normalisation crops and
+    z-scores with, so that skull-stripped MRI plans it whether its air is zero or noise."""
+    from medseg.transforms.presets import BODY_FRACTION, BODY_PERCENTILE
+
+    if sample.size == 0:
+        return 1.0
+    threshold = BODY_FRACTION * max(float(np.percentile(sample, BODY_PERCENTILE)), 0.0)
+    above = voxels = 0
+    for _, slab in slabs:
+        above += int(np.count_nonzero(slab > threshold))
+        voxels += slab.size
+    return round(above / max(voxels, 1), 4)
+
+
 def _share(values: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
     """A uniform sample of ``values`` of ``share`` of ``SAMPLES_PER_CASE`` values (all of
     them when there are fewer), so the slabs of one case add up to one case's sample."""
@@ -376,11 +401,16 @@ def fingerprint_dataset(
             del label
         measured = _ChannelPass(shape, foreground)
         slabs = _channel_slabs(case, len(channels))
+        body_share = 1.0
         for name, channel in zip(channels, slabs, strict=True):
             image, labelled, zeros = measured.measure(channel, rng)
             samples[name]["image"].append(image)
             samples[name]["foreground"].append(labelled)
             zero_share[name].append(zeros)
+        if index.modality == "mri":
+            body_share = _body_share(
+                next(iter(_channel_slabs(case, len(channels)))), samples[channels[0]]["image"][-1]
+            )
         extent = measured.extent()
         geometry.append(
             CaseGeometry(
@@ -389,6 +419,7 @@ def fingerprint_dataset(
                 orientation=orientation,
                 cropped_shape=[extent[axis] for axis in order],
                 crop_ratio=round(float(np.prod(extent) / np.prod(shape)), 4),
+                body_share=body_share,
             )
         )
         del foreground, measured

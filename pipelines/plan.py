@@ -9,7 +9,8 @@ departure is listed in ``docs/planning.md``. The rules:
   and >= 3x fewer voxels along it) the coarse axis takes the 10th percentile instead;
 - normalisation per modality: CT a Hounsfield window from the foreground's 0.5-99.5th
   percentiles and the foreground's mean and std; MRI and other z-scored data over the whole
-  image, or over the body when cropping to non-zero keeps under 3/4 of the median image;
+  image, or over the body when cropping to non-zero keeps under 3/4 of the median image or
+  the body fills under 3/4 of it (a skull-stripped brain whose air carries noise);
 - patch: start from 256^3 (2D: 2048^2) voxels shaped like the median resampled image in mm,
   capped at that image, divisible by the network's pooling; shrink the axis largest against
   the median image until training fits the memory budget;
@@ -93,7 +94,8 @@ def normalization(fingerprint: Fingerprint) -> str:
         return "ct_window"
     if fingerprint.modality == "em":
         return "percentile"
-    if fingerprint.modality == "mri" and fingerprint.median_crop_ratio < CROP_SHRINKS:
+    background = min(fingerprint.median_crop_ratio, fingerprint.median_body_share)
+    if fingerprint.modality == "mri" and background < CROP_SHRINKS:
         return "zscore_body"
     return "zscore_image"
 

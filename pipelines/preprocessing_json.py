@@ -26,7 +26,8 @@ INTENSITY_STEPS = ("threshold", "z-score", "z-score_body", "scale_percentiles")
 _CROP_RULES = {
     presets.is_body: f"voxels > {presets.CT_BODY_THRESHOLD:g} (HU) in any channel",
     presets.is_positive: "voxels > 0 in any channel",
-    presets.is_above_background: f"voxels > {presets.BODY_FRACTION:g} x their channel's "
+    presets.is_above_background: f"voxels whose value smoothed by a Gaussian of "
+    f"{presets.BODY_SMOOTHING:g} voxel is > {presets.BODY_FRACTION:g} x their channel's "
     f"{presets.BODY_PERCENTILE:g}th percentile in any channel",
 }
 

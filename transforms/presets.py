@@ -29,8 +29,8 @@ NORMALIZATIONS: dict[str, str] = {
     "ct_window": "Hounsfield units clipped to the fitted window, then the training "
     "foreground's mean and std",
     "zscore_image": "each channel z-scored over the whole image",
-    "zscore_body": "each channel z-scored over the body (voxels above BODY_FRACTION of the "
-    "channel's 99.5th percentile); 0 outside it",
+    "zscore_body": "each channel z-scored over the body (voxels whose smoothed value is "
+    "above BODY_FRACTION of the channel's 99.5th percentile); 0 outside it",
     "zscore_nonzero": "each channel z-scored over its non-zero voxels",
     "percentile": "each channel's 0.5-99.5th percentiles scaled to 0..1",
 }
@@ -40,6 +40,7 @@ LEGACY_NORMALIZATION = {"ct": "ct_window", "mri": "zscore_nonzero", "em": "perce
 # ratio, so it holds whatever the scanner's intensity scale.
 BODY_FRACTION = 0.05
 BODY_PERCENTILE = 99.5
+BODY_SMOOTHING = 1.0
 
 
 class Preprocessing(BaseModel):
@@ -120,18 +121,26 @@ def is_positive(image: Any) -> Any:
 
 
 def is_above_background(image: Any) -> Any:
-    """The body of a ``(C, *spatial)`` image: per channel, the voxels above ``BODY_FRACTION``
-    of its ``BODY_PERCENTILE``-th percentile (exact zeros and low noise are background)."""
+    """The body of a ``(C, *spatial)`` image: per channel, the voxels whose neighbourhood
+    (a Gaussian of ``BODY_SMOOTHING`` voxels) is above ``BODY_FRACTION`` of the channel's
+    ``BODY_PERCENTILE``-th percentile. Exact zeros and low noise are background alike:
+    smoothing first keeps the odd bright noise voxel out of the body, which it would
+    otherwise speckle with values the network never saw on zero backgrounds."""
+    from scipy import ndimage
+
     plain = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
     flat = plain.reshape(plain.shape[0], -1)
     # A strided subsample of at most a million values per channel: a percentile to well
     # under a percent, without sorting a whole CT.
     step = max(1, flat.shape[1] // 1_000_000)
-    bright = torch.stack(
-        [torch.quantile(row[::step].float(), BODY_PERCENTILE / 100) for row in flat]
-    )
-    threshold = (BODY_FRACTION * bright.clamp(min=0)).reshape(-1, *[1] * (plain.ndim - 1))
-    return plain > threshold
+    body = torch.zeros(plain.shape, dtype=torch.bool)
+    for channel, row in enumerate(flat):
+        bright = float(torch.quantile(row[::step].float(), BODY_PERCENTILE / 100))
+        smoothed = ndimage.gaussian_filter(
+            plain[channel].cpu().numpy().astype(np.float32, copy=False), BODY_SMOOTHING
+        )
+        body[channel] = torch.from_numpy(smoothed > BODY_FRACTION * max(bright, 0.0))
+    return body.to(plain.device)
 
 
 class ZScoreBodyd(mt.MapTransform):
