@@ -217,7 +217,7 @@ def predict(
         "world_size": world,
         "cases": [asdict(c) for c in report.cases],
     }
-    write_text_atomic(output_dir / name, json.dumps(payload, indent=1))
+    _write_report(output_dir / name, json.dumps(payload, indent=1))
     return report
 
 
@@ -245,6 +245,24 @@ def _claims(
         remove_stale_temporaries(target)
         remove_stale_temporaries(_probabilities_path(case, target))
         yield case, target, lock
+
+
+def _write_report(path: Path, text: str) -> None:
+    """Write the report atomically under its own lock, first removing the temporaries a
+    killed run left: every writer of the report holds the lock, so none is live. Without
+    the lock within a minute the report is still written, the cleanup left for later."""
+    deadline = time.monotonic() + 60
+    lock = try_lock(path)
+    while lock is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lock = try_lock(path)
+    try:
+        if lock is not None:
+            remove_stale_temporaries(path)
+        write_text_atomic(path, text)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _finished(case: Case, target: Path, save_probabilities: bool) -> bool:

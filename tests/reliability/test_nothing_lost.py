@@ -189,6 +189,16 @@ def test_predict_of_an_input_named_like_a_glob_keeps_other_dotfiles(
     assert keep.read_text() == "not medseg's"
 
 
+def test_a_killed_runs_report_temporary_is_removed(tmp_path, ct_inputs, small_ct_model, medseg_cli):
+    output = tmp_path / "out"
+    output.mkdir()
+    stale = output / ".predict_report.json.x1y2z3_q.json"  # as atomic_path names it
+    stale.write_text('{"cases": [')
+    result = medseg_cli("predict", small_ct_model, ct_inputs, "-o", output)
+    assert result.code == 0, result.out + result.err
+    assert not [p.name for p in output.iterdir() if p.name.startswith(".")]
+
+
 # ---- 6: a file under an output's name is done only when complete and on the grid ----
 
 
