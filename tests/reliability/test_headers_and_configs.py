@@ -204,6 +204,12 @@ def test_a_named_pipe_as_config_is_refused(tmp_path, medseg_cli, deadline):
     one_line_refusal(medseg_cli("-q", "train", tmp_path / "config.yaml"), 2, "not a regular file")
 
 
+def test_a_named_pipe_as_datalist_is_refused(tmp_path, volume, medseg_cli, deadline):
+    os.mkfifo(tmp_path / "datalist.json")
+    config = run_config(tmp_path, volume.parent, datalist=str(tmp_path / "datalist.json"))
+    one_line_refusal(medseg_cli("-q", "train", config), 2, "datalist.json", "not a regular file")
+
+
 # ---- 18: an unreachable registry is given up on quickly ----
 
 
