@@ -329,6 +329,23 @@ def test_a_case_abandoned_by_the_other_run_is_reported_failed(
     assert "volume-0.nii" in abandoned["error"]
 
 
+def test_a_file_system_without_locks_still_segments_every_case(
+    tmp_path, ct_inputs, small_ct_model, medseg_cli, monkeypatch
+):
+    import errno
+
+    from medseg.pipelines import case_locks
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(case_locks.fcntl, "flock", no_locks)
+    result = medseg_cli("predict", small_ct_model, ct_inputs, "-o", tmp_path / "out")
+    assert result.code == 0, result.out + result.err
+    assert "2 segmented" in result.out
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
 def test_two_concurrent_runs_segment_each_case_once(tmp_path, ct_inputs, small_ct_model):
     output = tmp_path / "out"
     for index in range(2, 6):
