@@ -17,6 +17,7 @@ from typing import Any
 from medseg.datasets.base import Case
 from medseg.datasets.headers import suffix_of
 from medseg.errors import ConfigError
+from medseg.files import read_regular_text
 
 SECTIONS = ("training", "validation", "test")
 
@@ -75,7 +76,7 @@ def load_datalist(
     """
     path, root = Path(path), Path(root)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular_text(path))
     except (OSError, ValueError) as error:
         raise ConfigError(f"{path}: cannot read datalist ({error})") from None
     if not isinstance(data, dict) or not any(s in data for s in sections):

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from medseg.errors import ConfigError
-from medseg.files import write_text_atomic
+from medseg.files import read_regular_text, write_text_atomic
 
 # BraTS 2023 ids end in a time point (BraTS-GLI-00000-000, -001): one patient, one group.
 _TIMEPOINT = re.compile(r"^(BraTS-[A-Z]+-\d{5})-\d{3}$")
@@ -83,7 +83,7 @@ def save_splits(path: Path, splits: list[dict[str, list[str]]]) -> None:
 def load_splits(path: Path) -> list[dict[str, list[str]]]:
     """Read splits written by ``save_splits``; ``ConfigError`` when the file is malformed."""
     try:
-        splits = json.loads(Path(path).read_text(encoding="utf-8"))
+        splits = json.loads(read_regular_text(path))
     except (OSError, ValueError) as error:
         raise ConfigError(f"{path}: cannot read splits ({error})") from None
     valid = isinstance(splits, list) and all(

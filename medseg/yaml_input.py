@@ -92,13 +92,13 @@ def load_yaml(text: str, source: str) -> Any:
 
 def shorten(value: Any) -> str:
     """``repr(value)`` cut to ``SHOWN_CHARACTERS``: an error names a value, never dumps it."""
-    text = reprlib_repr(value)
+    text = bounded_repr(value)
     if len(text) > SHOWN_CHARACTERS:
         text = text[: SHOWN_CHARACTERS - 3] + "..."
     return text
 
 
-def reprlib_repr(value: Any) -> str:
+def bounded_repr(value: Any) -> str:
     """A repr bounded in work as well as length (containers show their first items only)."""
     import reprlib
 

@@ -8,9 +8,14 @@ over a case whose owner was killed; a live owner's case is skipped by the others
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 class CaseLock:
@@ -48,6 +53,14 @@ def try_lock(target: Path) -> CaseLock | None:
         except BlockingIOError:
             os.close(descriptor)
             return None
+        except OSError as error:
+            if error.errno not in _UNSUPPORTED:
+                os.close(descriptor)
+                raise
+            # A file system without locks (some network mounts): work on uncoordinated,
+            # as before locks existed, rather than fail every case.
+            logger.warning("%s: file locks unsupported here; concurrent runs may repeat work", path)
+            return CaseLock(path, descriptor)
         try:
             current = path.lstat()
         except FileNotFoundError:

@@ -35,6 +35,8 @@ from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name,
 logger = logging.getLogger(__name__)
 
 REPORT = "predict_report.json"
+BUSY = "another medseg predict run is segmenting this case"
+ABANDONED = "another medseg predict run claimed this case and did not finish it; run again"
 
 
 @dataclass
@@ -152,7 +154,7 @@ def predict(
     todo = []
     for case in cases:
         target = output_dir / output_name(case.id, case.image[0])
-        if not overwrite and finished_output(target, case.image[0]):
+        if not overwrite and _finished(case, target, save_probabilities):
             report.cases.append(CaseReport(case.id, "skipped", str(target)))
             _remove_stale_lock(target)
         else:
@@ -165,7 +167,7 @@ def predict(
         ThreadPoolExecutor(1) as reader,
         ThreadPoolExecutor(1) as writer,
     ):
-        claims = _claims(todo, overwrite, report, advance)
+        claims = _claims(todo, overwrite, save_probabilities, report, advance)
 
         def load_next() -> tuple[tuple[Case, Path, CaseLock], Future] | None:
             claim = next(claims, None)
@@ -205,6 +207,7 @@ def predict(
         finally:
             for lock in held:
                 lock.release()
+    _settle_busy_cases(report, {case.id: case for case in cases})
     order = {case.id: index for index, case in enumerate(cases)}
     report.cases.sort(key=lambda entry: order.get(entry.case, -1))
     name = REPORT if world == 1 else f"predict_report.rank{rank}.json"
@@ -214,12 +217,16 @@ def predict(
         "world_size": world,
         "cases": [asdict(c) for c in report.cases],
     }
-    write_text_atomic(output_dir / name, json.dumps(payload, indent=1))
+    _write_report(output_dir / name, json.dumps(payload, indent=1))
     return report
 
 
 def _claims(
-    todo: list[tuple[Case, Path]], overwrite: bool, report: PredictReport, advance: Any
+    todo: list[tuple[Case, Path]],
+    overwrite: bool,
+    save_probabilities: bool,
+    report: PredictReport,
+    advance: Any,
 ) -> Iterator[tuple[Case, Path, CaseLock]]:
     """The cases of ``todo`` this process claims, in order, each with its lock. A case
     another live run holds, or that one finished since the run started, is reported as
@@ -227,11 +234,10 @@ def _claims(
     for case, target in todo:
         lock = try_lock(target)
         if lock is None:
-            busy = "another medseg predict run is segmenting this case"
-            report.cases.append(CaseReport(case.id, "skipped", str(target), error=busy))
+            report.cases.append(CaseReport(case.id, "skipped", str(target), error=BUSY))
             advance(case.id)
             continue
-        if not overwrite and finished_output(target, case.image[0]):
+        if not overwrite and _finished(case, target, save_probabilities):
             lock.release()
             report.cases.append(CaseReport(case.id, "skipped", str(target)))
             advance(case.id)
@@ -239,6 +245,61 @@ def _claims(
         remove_stale_temporaries(target)
         remove_stale_temporaries(_probabilities_path(case, target))
         yield case, target, lock
+
+
+def _write_report(path: Path, text: str) -> None:
+    """Write the report atomically under its own lock, first removing the temporaries a
+    killed run left: every writer of the report holds the lock, so none is live. Without
+    the lock within a minute the report is still written, the cleanup left for later."""
+    deadline = time.monotonic() + 60
+    lock = try_lock(path)
+    while lock is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lock = try_lock(path)
+    try:
+        if lock is not None:
+            remove_stale_temporaries(path)
+        write_text_atomic(path, text)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _finished(case: Case, target: Path, save_probabilities: bool) -> bool:
+    """Whether ``case`` needs no work: a complete label map and, when probabilities are
+    asked for, a readable ``_probabilities.npz`` of the same grid (a run killed between
+    the two writes leaves the label map alone)."""
+    if not finished_output(target, case.image[0]):
+        return False
+    if not save_probabilities:
+        return True
+    try:
+        with np.load(_probabilities_path(case, target), allow_pickle=False) as saved:
+            shape = saved["probabilities"].shape
+    except Exception:  # missing, truncated or foreign: make it again
+        return False
+    from medseg.datasets.headers import inspect_image
+
+    return tuple(shape[1:]) == tuple(inspect_image(target).shape)
+
+
+def _settle_busy_cases(report: PredictReport, cases: dict[str, Case]) -> None:
+    """Bring the cases another run held up to date at the end, so the report of whichever
+    run ends last is true: finished since (skipped, as any complete output), still held
+    (left as busy), or given up without an output (failed: that run's failure or death)."""
+    for entry in report.cases:
+        if entry.status != "skipped" or entry.error != BUSY or entry.output is None:
+            continue
+        target, case = Path(entry.output), cases[entry.case]
+        if finished_output(target, case.image[0]):
+            entry.error = None
+            continue
+        lock = try_lock(target)
+        if lock is not None:
+            lock.release()
+            entry.status, entry.output = "failed", None
+            entry.error = f"{case.image[0]}: {ABANDONED}"
+            logger.error("%s", entry.error)
 
 
 def _remove_stale_lock(target: Path) -> None:

@@ -7,6 +7,7 @@ cross-validation summary; each fold resumes on its own.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -38,6 +39,7 @@ from medseg.pipelines.model_dir import (
 from medseg.pipelines.planner import FINGERPRINT_FILE, PLAN_FILE, PlannedRun, plan_run
 from medseg.pipelines.plots import plot_learning_curve
 from medseg.pipelines.postprocess import Postprocessing
+from medseg.pipelines.resources import require_cache_memory
 from medseg.pipelines.tracking import Tracker
 from medseg.pipelines.trainer import BEST, LAST, Trainer
 from medseg.transforms.presets import Preprocessing
@@ -173,6 +175,7 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
     _require_apart(run_dir, Path(config.data.root))
     if not process_info().is_main:
         return _train_unlocked(config, resume=resume, show_progress=show_progress)
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file in its place, a read-only or full disk
@@ -186,6 +189,11 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
         return _train_unlocked(config, resume=resume, show_progress=show_progress)
     finally:
         lock.release()
+        if created:
+            # A run refused before writing anything leaves no empty folder behind; rmdir
+            # removes only an empty one.
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
 
 
 def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> TrainResult:
@@ -225,6 +233,8 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
     model_config = _model_config(config, index, pre, planned.plan)
     if device.type == "cuda" and info.distributed:
         device = torch.device("cuda", info.local_rank)
+    if config.transforms.cache == "memory":
+        require_cache_memory(index.cases, model_config.preprocessing.spacing)
     state = load_checkpoint(run_dir / LAST) if resume else None
     tracker = Tracker(
         enabled=config.tracking.enabled and info.is_main,

@@ -28,7 +28,7 @@ from medseg.pipelines.distributed import (
 )
 from medseg.pipelines.inference import resolve_precision
 from medseg.pipelines.losses import DeepSupervisionLoss, segmentation_loss
-from medseg.pipelines.model_dir import ModelConfig, build_from_config
+from medseg.pipelines.model_dir import ModelConfig, build_from_config, load_weights
 from medseg.pipelines.optim import lr_factor, make_optimizer
 from medseg.pipelines.progress import epoch_progress
 from medseg.pipelines.tracking import Tracker
@@ -247,7 +247,7 @@ class Trainer:
         recipe = self.recipe
         start, best, best_epoch, stale, history = 0, -1.0, -1, 0, []
         if state is not None:
-            self.network.load_state_dict(state["network"])
+            load_weights(self.network, state["network"], self.run_dir / LAST)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])

@@ -64,7 +64,7 @@ def test_training_output_in_or_above_the_data_root_is_refused(where, tmp_path, l
     )
     before = fingerprint(lits)
     config_before = config.read_bytes()
-    result = medseg_cli("train", config)
+    result = medseg_cli("-q", "train", config)
     one_line_refusal(result, 2, "output")
     assert fingerprint(lits) == before and config.read_bytes() == config_before
 

@@ -77,14 +77,14 @@ def test_a_second_training_run_into_a_busy_folder_is_refused(tmp_path, lits, med
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        result = medseg_cli("train", train_config(tmp_path, lits))
+        result = medseg_cli("-q", "train", train_config(tmp_path, lits))
         one_line_refusal(result, 2, str(run), "another medseg train")
     finally:
         holder.kill()
         holder.wait()
     # The holder died: its lock file no longer stops a run (which then fails on the
     # empty dataset, past the lock).
-    result = medseg_cli("train", train_config(tmp_path, tmp_path / "empty"))
+    result = medseg_cli("-q", "train", train_config(tmp_path, tmp_path / "empty"))
     assert result.code == 2 and "another medseg train" not in result.err, result.err
     assert not lock_path(run / "training").exists()
 
@@ -98,6 +98,24 @@ def test_pruning_output_inside_the_data_is_refused(tmp_path, lits, ct_model_dir,
 
 def test_a_file_where_the_run_folder_goes_is_one_line(tmp_path, lits, medseg_cli):
     (tmp_path / "run").write_text("a user's file")
-    result = medseg_cli("train", train_config(tmp_path, lits))
+    result = medseg_cli("-q", "train", train_config(tmp_path, lits))
     one_line_refusal(result, 2, "run", "cannot create the run folder")
     assert (tmp_path / "run").read_text() == "a user's file"
+
+
+def test_evaluate_refuses_a_volume_beyond_memory_before_reading_it(
+    tmp_path, lits, medseg_cli, monkeypatch
+):
+    from medseg.pipelines import resources
+
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    for index in range(2):
+        (predictions / f"volume-{index}.nii").write_bytes(
+            (lits / f"segmentation-{index}.nii").read_bytes()
+        )
+    # 24x24x16 voxels need about 0.2 MB to score.
+    monkeypatch.setattr(resources, "available_memory", lambda: 100_000)
+    result = medseg_cli("evaluate", predictions, lits, "-o", tmp_path / "eval", "--workers", "1")
+    assert result.code == 1, result.out + result.err
+    assert "volume-0.nii" in result.out and "to score" in result.out

@@ -70,7 +70,7 @@ def test_alias_bomb_is_refused_at_once_in_one_short_line(
     else:
         config = tmp_path / "bomb.yaml"
         config.write_text(LAUGHS + "\ndata: *a8\n")
-        result = medseg_cli("train", config)
+        result = medseg_cli("-q", "train", config)
     assert time.perf_counter() - started < 5
     one_line_refusal(result, 2, "config.yaml" if where == "model config" else "bomb.yaml")
     assert len(result.err) < 400, result.err[:1000]
@@ -79,12 +79,12 @@ def test_alias_bomb_is_refused_at_once_in_one_short_line(
 def test_a_recursive_alias_is_refused(tmp_path, medseg_cli):
     config = tmp_path / "loop.yaml"
     config.write_text("data: &loop [*loop]\n")
-    one_line_refusal(medseg_cli("train", config), 2, "loop.yaml", "refused")
+    one_line_refusal(medseg_cli("-q", "train", config), 2, "loop.yaml", "refused")
 
 
 def test_a_long_bad_value_is_shortened_in_the_message(tmp_path, volume, medseg_cli):
     config = run_config(tmp_path, volume.parent)
-    result = medseg_cli("train", config, "--set", f"train.epochs={'9' * 5000}x")
+    result = medseg_cli("-q", "train", config, "--set", f"train.epochs={'9' * 5000}x")
     one_line_refusal(result, 2, "train.epochs")
     assert len(result.err) < 400
 
@@ -117,7 +117,7 @@ def test_out_of_range_inference_settings_name_the_key(
 
 def test_fold_beyond_folds_is_refused_whatever_the_key_order(tmp_path, volume, medseg_cli):
     config = run_config(tmp_path, volume.parent, fold=3, folds=2)
-    one_line_refusal(medseg_cli("train", config), 2, "data", "fold 3 does not exist")
+    one_line_refusal(medseg_cli("-q", "train", config), 2, "data", "fold 3 does not exist")
 
 
 # ---- 14: geometry checked from the header, before any voxel ----
@@ -201,7 +201,13 @@ def test_named_pipes_are_refused_without_hanging(
 
 def test_a_named_pipe_as_config_is_refused(tmp_path, medseg_cli, deadline):
     os.mkfifo(tmp_path / "config.yaml")
-    one_line_refusal(medseg_cli("train", tmp_path / "config.yaml"), 2, "not a regular file")
+    one_line_refusal(medseg_cli("-q", "train", tmp_path / "config.yaml"), 2, "not a regular file")
+
+
+def test_a_named_pipe_as_datalist_is_refused(tmp_path, volume, medseg_cli, deadline):
+    os.mkfifo(tmp_path / "datalist.json")
+    config = run_config(tmp_path, volume.parent, datalist=str(tmp_path / "datalist.json"))
+    one_line_refusal(medseg_cli("-q", "train", config), 2, "datalist.json", "not a regular file")
 
 
 # ---- 18: an unreachable registry is given up on quickly ----
@@ -242,7 +248,9 @@ def test_models_uri_with_a_failing_server_is_not_retried_for_minutes(
 
 def test_a_yaml_tag_in_set_is_one_line(tmp_path, volume, medseg_cli):
     config = run_config(tmp_path, volume.parent)
-    result = medseg_cli("train", config, "--set", "train.lr=!!python/object/apply:os.system [id]")
+    result = medseg_cli(
+        "-q", "train", config, "--set", "train.lr=!!python/object/apply:os.system [id]"
+    )
     one_line_refusal(result, 2, "--set", "train.lr")
 
 

@@ -102,7 +102,7 @@ def lits_data(tmp_path) -> Path:
     [("train.lr=inf", "train.lr"), ("train.class_weights=[1, .nan, 1]", "train.class_weights.1")],
 )
 def test_non_finite_settings_are_refused(override, key, tmp_path, lits_data, medseg_cli):
-    result = medseg_cli("train", training_config(tmp_path, lits_data), "--set", override)
+    result = medseg_cli("-q", "train", training_config(tmp_path, lits_data), "--set", override)
     one_line_refusal(result, 2, key, "finite")
 
 
@@ -135,7 +135,7 @@ def test_a_diverging_loss_stops_training_naming_the_epoch(
         return plain(self, outputs, target) * float("inf")
 
     monkeypatch.setattr(losses.DeepSupervisionLoss, "forward", diverging)
-    result = medseg_cli("train", training_config(tmp_path, lits_data))
+    result = medseg_cli("-q", "train", training_config(tmp_path, lits_data))
     one_line_refusal(result, 2, "epoch 1, step 1", "diverged")
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
     assert not (tmp_path / "run" / "model").exists()
@@ -168,7 +168,7 @@ def test_a_patch_beyond_memory_is_refused_with_the_largest_that_fits(
 
     monkeypatch.setattr(resources, "available_memory", lambda: 2**30)
     config = training_config(tmp_path, lits_data)
-    result = medseg_cli("train", config, "--set", "transforms.patch_size=[256, 256, 256]")
+    result = medseg_cli("-q", "train", config, "--set", "transforms.patch_size=[256, 256, 256]")
     one_line_refusal(result, 2, "transforms.patch_size [256, 256, 256]", "largest patch")
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
     suggested = [int(s) for s in result.err.split("fits is about [")[1].split("]")[0].split(",")]
@@ -183,3 +183,40 @@ def test_a_patch_beyond_memory_is_refused_with_the_largest_that_fits(
     )
     options = rules.network_options(choice, suggested, [1.0, 1.0, 1.0], plan_pooling=True)
     assert rules.training_bytes(choice, options, suggested, 1) <= 2**30  # 1 volume, 1 patch
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_a_cache_beyond_memory_is_refused_before_training(cache, tmp_path, medseg_cli, monkeypatch):
+    from medseg.pipelines import resources
+
+    synthesize("lits", tmp_path / "data", cases=4, shape=(64, 64, 32), seed=5)
+    config = training_config(tmp_path, tmp_path / "data")
+    # Four 64x64x32 cases kept at their own spacing, one channel and a label as float32:
+    # 4 * 131072 * 2 * 4 bytes = 4.2 MB; a step on 16^3 patches of the tiny UNet++ fits 3 MB.
+    monkeypatch.setattr(resources, "available_memory", lambda: 3_000_000)
+    result = medseg_cli(
+        "-q",
+        "train",
+        config,
+        "--set",
+        f"transforms.cache={cache}",
+        "--set",
+        "transforms.spacing=null",
+    )
+    if cache == "memory":
+        one_line_refusal(result, 2, "transforms.cache", "disk")
+    else:
+        assert "transforms.cache" not in result.err, result.err
+    assert not (tmp_path / "run" / "checkpoint_last.pt").exists() or cache == "none"
+
+
+def test_resuming_from_a_misshapen_checkpoint_is_one_line(tmp_path, lits_data, medseg_cli):
+    config = training_config(tmp_path, lits_data, epochs=1, iterations_per_epoch=1)
+    assert medseg_cli("-q", "train", config).code == 0
+    checkpoint = tmp_path / "run" / "checkpoint_last.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    name = next(k for k, v in state["network"].items() if v.ndim > 1)
+    state["network"][name] = wrong_shape(state["network"][name])
+    torch.save(state, checkpoint)
+    result = medseg_cli("-q", "train", "--resume", tmp_path / "run", "--set", "train.epochs=2")
+    one_line_refusal(result, 2, "checkpoint_last.pt", name, "has shape")

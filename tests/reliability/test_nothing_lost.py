@@ -189,6 +189,16 @@ def test_predict_of_an_input_named_like_a_glob_keeps_other_dotfiles(
     assert keep.read_text() == "not medseg's"
 
 
+def test_a_killed_runs_report_temporary_is_removed(tmp_path, ct_inputs, small_ct_model, medseg_cli):
+    output = tmp_path / "out"
+    output.mkdir()
+    stale = output / ".predict_report.json.x1y2z3_q.json"  # as atomic_path names it
+    stale.write_text('{"cases": [')
+    result = medseg_cli("predict", small_ct_model, ct_inputs, "-o", output)
+    assert result.code == 0, result.out + result.err
+    assert not [p.name for p in output.iterdir() if p.name.startswith(".")]
+
+
 # ---- 6: a file under an output's name is done only when complete and on the grid ----
 
 
@@ -214,6 +224,22 @@ def test_rerun_redoes_outputs_that_are_not_complete(
     assert result.code == 0, result.out + result.err
     assert "1 segmented, 1 already done" in result.out
     assert np.array_equal(nib.load(target).get_fdata(), good)
+
+
+def test_rerun_redoes_a_case_whose_probabilities_are_missing(
+    tmp_path, ct_inputs, small_ct_model, medseg_cli
+):
+    output = tmp_path / "out"
+    arguments = ("predict", small_ct_model, ct_inputs, "-o", output, "--save-probabilities")
+    assert medseg_cli(*arguments).code == 0
+    (output / "volume-1_probabilities.npz").unlink()  # killed between the two writes
+    (output / "volume-0_probabilities.npz").write_bytes(b"PK\x03\x04 cut short")
+    result = medseg_cli(*arguments)
+    assert result.code == 0, result.out + result.err
+    assert "2 segmented, 0 already done" in result.out
+    for index in range(2):
+        with np.load(output / f"volume-{index}_probabilities.npz") as saved:
+            assert saved["probabilities"].shape[1:] == SHAPE
 
 
 # ---- 22: concurrent runs share the cases; a dead owner's case is taken over ----
@@ -258,6 +284,66 @@ def test_a_case_locked_by_a_live_run_is_skipped_and_a_dead_runs_lock_is_taken_ov
         "volume-0.nii.gz",
         "volume-1.nii.gz",
     ]
+
+
+def test_a_case_abandoned_by_the_other_run_is_reported_failed(
+    tmp_path, ct_inputs, small_ct_model, medseg_cli, monkeypatch
+):
+    """The other run holds volume-0 when this one starts, then dies without writing it:
+    this run's report says so (failed, exit 1) instead of "another run is segmenting"."""
+    from medseg.pipelines import segmenter
+    from medseg.pipelines.case_locks import lock_path
+
+    output = tmp_path / "out"
+    output.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+            str(lock_path(output / "volume-0.nii.gz")),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    infer = segmenter.Segmenter.infer
+
+    def infer_then_let_the_holder_die(self, *args, **kwargs):
+        holder.stdin.close()  # the holder exits, its lock with it
+        holder.wait()
+        return infer(self, *args, **kwargs)
+
+    monkeypatch.setattr(segmenter.Segmenter, "infer", infer_then_let_the_holder_die)
+    try:
+        result = medseg_cli("predict", small_ct_model, ct_inputs, "-o", output)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.code == 1, result.out + result.err
+    report = json.loads((output / "predict_report.json").read_text())
+    abandoned = {c["case"]: c for c in report["cases"]}["volume-0"]
+    assert abandoned["status"] == "failed" and "did not finish it" in abandoned["error"]
+    assert "volume-0.nii" in abandoned["error"]
+
+
+def test_a_file_system_without_locks_still_segments_every_case(
+    tmp_path, ct_inputs, small_ct_model, medseg_cli, monkeypatch
+):
+    import errno
+
+    from medseg.pipelines import case_locks
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(case_locks.fcntl, "flock", no_locks)
+    result = medseg_cli("predict", small_ct_model, ct_inputs, "-o", tmp_path / "out")
+    assert result.code == 0, result.out + result.err
+    assert "2 segmented" in result.out
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
 def test_two_concurrent_runs_segment_each_case_once(tmp_path, ct_inputs, small_ct_model):
