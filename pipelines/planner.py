@@ -79,7 +79,7 @@ def _memory_limit(budget: int, device_type: str) -> int:
 
 
 def _too_large(
-    choice: rules.NetworkChoice,
+    choice: rules.NetworkSpec,
     median: list[int],
     grid: list[float],
     need: int,
