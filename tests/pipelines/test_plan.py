@@ -284,3 +284,29 @@ def test_training_resolves_its_plan_into_the_run_and_the_model(
     (logged,) = client.search_runs([experiment.experiment_id])
     names = {item.path for item in client.list_artifacts(logged.info.run_id)}
     assert {"plan.json", "fingerprint.json"} <= names
+
+
+@pytest.mark.parametrize(
+    ("layout", "shape"),
+    [
+        ("brats", (48, 40, 32)),
+        ("lits", (64, 64, 24)),
+        ("msd", (48, 40, 32)),
+        ("em", (64, 64, 8)),
+        ("isic", (96, 64)),
+    ],
+)
+def test_medseg_plan_works_on_every_layout(layout, shape, tmp_path, medseg_cli):
+    from medseg.datasets.synthetic import synthesize
+
+    synthesize(layout, tmp_path / "data", cases=3, shape=shape, seed=1)
+    output = tmp_path / "plan"
+    result = medseg_cli("plan", layout, tmp_path / "data", "-o", output, "--preset", "tiny")
+    assert result.code == 0, result.err
+    plan = json.loads((output / "plan.json").read_text())
+    expected = {"lits": "ct_window", "em": "percentile", "isic": "zscore_image"}
+    assert plan["normalization"] == expected.get(layout, "zscore_body")
+    assert len(plan["patch_size"]) == len(shape)
+    divisor = np.prod(plan["network"]["options"]["strides"], axis=0)
+    assert all(size % k == 0 for size, k in zip(plan["patch_size"], divisor, strict=True))
+    assert plan["batch_size"] >= 1 and plan["memory_estimate_gb"] <= plan["memory_budget_gb"]
