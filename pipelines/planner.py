@@ -165,6 +165,7 @@ def plan_run(
         decided["patch_size"] = "config"
         patch = list(settings.patch_size)
         options = rules.network_options(choice, patch, grid[:dims], plan_pooling)
+    decided["network.options"] = "plan" if options != choice.options else "config"
     dataset_voxels = (
         math.prod(median[:dims])
         * len(labelled)

@@ -120,34 +120,45 @@ def is_positive(image: Any) -> Any:
     return image > 0
 
 
-def is_above_background(image: Any) -> Any:
-    """The body of a ``(C, *spatial)`` image: per channel, the voxels whose neighbourhood
-    (a Gaussian of ``BODY_SMOOTHING`` voxels) is above ``BODY_FRACTION`` of the channel's
-    ``BODY_PERCENTILE``-th percentile. Exact zeros and low noise are background alike:
-    smoothing first keeps the odd bright noise voxel out of the body, which it would
-    otherwise speckle with values the network never saw on zero backgrounds."""
-    from scipy import ndimage
-
+def body_thresholds(image: Any) -> list[float]:
+    """Per channel of a ``(C, *spatial)`` image, ``BODY_FRACTION`` of its
+    ``BODY_PERCENTILE``-th percentile: the value above which a voxel is body, not air."""
     plain = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
     flat = plain.reshape(plain.shape[0], -1)
     # A strided subsample of at most a million values per channel: a percentile to well
     # under a percent, without sorting a whole CT.
     step = max(1, flat.shape[1] // 1_000_000)
+    return [
+        BODY_FRACTION * max(float(torch.quantile(row[::step].float(), BODY_PERCENTILE / 100)), 0)
+        for row in flat
+    ]
+
+
+def is_above_background(image: Any) -> Any:
+    """The body of a ``(C, *spatial)`` image: per channel, the voxels whose neighbourhood
+    (a Gaussian of ``BODY_SMOOTHING`` voxels) is above ``body_thresholds``. Exact zeros and
+    low noise are background alike: smoothing first keeps the odd bright noise voxel out of
+    the body, which it would otherwise speckle with values the network never saw on zero
+    backgrounds."""
+    from scipy import ndimage
+
+    plain = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
     body = torch.zeros(plain.shape, dtype=torch.bool)
-    for channel, row in enumerate(flat):
-        bright = float(torch.quantile(row[::step].float(), BODY_PERCENTILE / 100))
+    for channel, threshold in enumerate(body_thresholds(plain)):
         smoothed = ndimage.gaussian_filter(
             plain[channel].cpu().numpy().astype(np.float32, copy=False), BODY_SMOOTHING
         )
-        body[channel] = torch.from_numpy(smoothed > BODY_FRACTION * max(bright, 0.0))
+        body[channel] = torch.from_numpy(smoothed > threshold)
     return body.to(plain.device)
 
 
 class ZScoreBodyd(mt.MapTransform):
     """Z-score each channel over its body (``is_above_background``), and set the voxels
     outside it to 0, so that a background of exact zeros and one of low noise give the same
-    network input. nnU-Net z-scores over the non-zero mask, which low noise fills whole;
-    MONAI's ``NormalizeIntensity`` takes no mask, hence this transform."""
+    network input. The statistics include the band of air the smoothed edge takes in,
+    whichever it holds: leaving out only its zeros would weigh noisy and clean air apart.
+    nnU-Net z-scores over the non-zero mask, which low noise fills whole; MONAI's
+    ``NormalizeIntensity`` takes no mask, hence this transform."""
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         """Normalise ``data[key]`` ``(C, *spatial)`` float32 in place of the original."""
