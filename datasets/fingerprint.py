@@ -23,6 +23,7 @@ import numpy as np
 
 from medseg.datasets.base import Case, DatasetIndex
 from medseg.datasets.headers import NIFTI_SUFFIXES, inspect_image, suffix_of
+from medseg.errors import ConfigError
 
 # Values kept per case and channel: enough for percentiles to a tenth of a percent, and a
 # fixed memory whatever the size of the dataset.
@@ -213,7 +214,7 @@ def _channel_slabs(case: Case, channels: int) -> Iterator[Iterator[tuple[slice, 
                 found += 1
                 yield iter([(slice(0, array.shape[-1]), array)])
     if found != channels:
-        raise ValueError(f"{case.image[0]}: {found} channels, expected {channels}")
+        raise ConfigError(f"{case.image[0]}: {found} channels, expected {channels}")
 
 
 def _nifti_slabs(data: Any, channel: int | None) -> Iterator[tuple[slice, np.ndarray]]:
@@ -271,11 +272,14 @@ class _ChannelPass:
         self.foreground_voxels = int(foreground.sum()) if foreground is not None else 0
 
     def measure(
-        self, slabs: Iterator[tuple[slice, np.ndarray]], rng: np.random.Generator
+        self, slabs: Iterator[tuple[slice, np.ndarray]], rng: np.random.Generator, source: Path
     ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Whole-image sample, foreground sample and zero share of one channel."""
+        """Whole-image sample, foreground sample and zero share of one channel of the image
+        file ``source``; ``ConfigError`` names it when it holds NaN or infinite voxels."""
         image, foreground, zeros = [], [], 0
         for part, slab in slabs:
+            if not np.isfinite(slab).all():
+                raise ConfigError(f"{source}: holds NaN or infinite voxels; cannot plan with it")
             nonzero = slab != 0
             zeros += slab.size - int(np.count_nonzero(nonzero))
             for axis in range(slab.ndim):
@@ -373,7 +377,8 @@ def fingerprint_dataset(
     and over the labelled voxels, the share of exact zeros, how much cropping to non-zero
     keeps, and per labelled structure (the scheme's classes or regions) its voxel count and
     connected components (voxels joined through faces, ``scipy.ndimage.label``'s default).
-    Raises ``ValueError`` naming the file for a case whose channels do not fit the index.
+    Raises ``ConfigError`` naming the file for a case whose channels do not fit the index
+    or that holds NaN or infinite voxels.
     """
     cases = list(index.cases if cases is None else cases)
     rng = np.random.default_rng(seed)
@@ -403,7 +408,7 @@ def fingerprint_dataset(
         slabs = _channel_slabs(case, len(channels))
         body_share = 1.0
         for name, channel in zip(channels, slabs, strict=True):
-            image, labelled, zeros = measured.measure(channel, rng)
+            image, labelled, zeros = measured.measure(channel, rng, case.image[0])
             samples[name]["image"].append(image)
             samples[name]["foreground"].append(labelled)
             zero_share[name].append(zeros)

@@ -310,3 +310,15 @@ def test_medseg_plan_works_on_every_layout(layout, shape, tmp_path, medseg_cli):
     divisor = np.prod(plan["network"]["options"]["strides"], axis=0)
     assert all(size % k == 0 for size, k in zip(plan["patch_size"], divisor, strict=True))
     assert plan["batch_size"] >= 1 and plan["memory_estimate_gb"] <= plan["memory_budget_gb"]
+
+
+def test_planning_refuses_non_finite_voxels_naming_the_file(tmp_path):
+    root = tmp_path / "nan"
+    for case in range(2):
+        image, label = head(seed=case)
+        if case == 1:
+            image[3, 3, 3] = np.nan
+        write_folder_case(root, f"case{case}", image, label, np.eye(4))
+    index = discover("folder", root, labels={"lesion": 1})
+    with pytest.raises(ConfigError, match=r"case1\.nii\.gz: holds NaN or infinite voxels"):
+        fingerprint_dataset(index)
