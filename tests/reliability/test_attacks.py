@@ -4,8 +4,6 @@ training runs into one folder, a pruning report written into the dataset."""
 from __future__ import annotations
 
 import gzip
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import yaml
 from medseg.datasets.synthetic import synthesize
 from tests.reliability.test_arguments import one_line_refusal
 from tests.reliability.test_bad_inputs import fingerprint
+from tests.reliability.test_nothing_lost import hold_lock
 
 
 def test_a_decompression_bomb_is_refused_without_inflating_it(tmp_path):
@@ -64,19 +63,8 @@ def test_a_second_training_run_into_a_busy_folder_is_refused(tmp_path, lits, med
 
     run = tmp_path / "run"
     run.mkdir()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
-            str(lock_path(run / "training")),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = hold_lock(lock_path(run / "training"))
     try:
-        assert holder.stdout.readline().strip() == "locked"
         result = medseg_cli("-q", "train", train_config(tmp_path, lits))
         one_line_refusal(result, 2, str(run), "another medseg train")
     finally:

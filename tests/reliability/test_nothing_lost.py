@@ -245,6 +245,25 @@ def test_rerun_redoes_a_case_whose_probabilities_are_missing(
 # ---- 22: concurrent runs share the cases; a dead owner's case is taken over ----
 
 
+def hold_lock(path: Path) -> subprocess.Popen:
+    """Another process holding ``path``'s lock (as a live medseg run does) until it is
+    killed or its standard input closes; returns once the lock is held."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_a_case_locked_by_a_live_run_is_skipped_and_a_dead_runs_lock_is_taken_over(
     tmp_path, ct_inputs, small_ct_model, medseg_cli
 ):
@@ -252,19 +271,8 @@ def test_a_case_locked_by_a_live_run_is_skipped_and_a_dead_runs_lock_is_taken_ov
 
     output = tmp_path / "out"
     output.mkdir()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
-            str(lock_path(output / "volume-0.nii.gz")),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = hold_lock(lock_path(output / "volume-0.nii.gz"))
     try:
-        assert holder.stdout.readline().strip() == "locked"
         result = medseg_cli("predict", small_ct_model, ct_inputs, "-o", output)
         assert result.code == 0, result.out + result.err
         assert not (output / "volume-0.nii.gz").exists()
@@ -296,19 +304,7 @@ def test_a_case_abandoned_by_the_other_run_is_reported_failed(
 
     output = tmp_path / "out"
     output.mkdir()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
-            str(lock_path(output / "volume-0.nii.gz")),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "locked"
+    holder = hold_lock(lock_path(output / "volume-0.nii.gz"))
     infer = segmenter.Segmenter.infer
 
     def infer_then_let_the_holder_die(self, *args, **kwargs):
