@@ -122,16 +122,13 @@ def unet_strides(patch: Sequence[int], spacing: Sequence[float], depth: int) -> 
     current = list(spacing)
     strides = []
     for _ in range(depth):
-        finest = (
-            min(current[axis] for axis in range(len(sizes)) if sizes[axis] >= 2 * MIN_FEATURE_MAP)
-            if any(size >= 2 * MIN_FEATURE_MAP for size in sizes)
-            else None
-        )
-        if finest is None:
+        poolable = [axis for axis, size in enumerate(sizes) if size >= 2 * MIN_FEATURE_MAP]
+        if not poolable:
             break
+        finest = min(current[axis] for axis in poolable)
         level = [
-            2 if size >= 2 * MIN_FEATURE_MAP and current[axis] < 2 * finest else 1
-            for axis, size in enumerate(sizes)
+            2 if axis in poolable and current[axis] < 2 * finest else 1
+            for axis in range(len(sizes))
         ]
         strides.append(level)
         sizes = [size // factor for size, factor in zip(sizes, level, strict=True)]
@@ -145,16 +142,25 @@ def _build(choice: NetworkSpec, options: dict[str, Any]) -> Any:
     return build_from_spec(choice.model_copy(update={"options": options}))
 
 
+_SIZE_RULES: dict[str, tuple[list[int], dict[int, int]]] = {}
+
+
 def _size_rule(choice: NetworkSpec, options: dict[str, Any]) -> tuple[list[int], dict[int, int]]:
-    """What each patch axis must divide by, and the axes whose size the network fixes."""
-    network = _build(choice, options)
-    dims = choice.spatial_dims
-    if hasattr(network, "strides") and hasattr(network, "levels"):  # UNet++
-        return list(network.divisor()), {}
-    if choice.name == "hdenseunet":
-        return [network.divisor, network.divisor, 1], {2: network.slices}
-    divisor = getattr(network, "divisor", None) or network.patch_size**5
-    return [divisor] * dims, {}
+    """What each patch axis must divide by, and the axes whose size the network fixes;
+    found once per network and options (shrinking a patch asks again at every step)."""
+    key = repr((choice, sorted(options.items())))
+    if key not in _SIZE_RULES:
+        network = _build(choice, options)
+        if hasattr(network, "strides") and hasattr(network, "levels"):  # UNet++
+            rule: tuple[list[int], dict[int, int]] = (list(network.divisor()), {})
+        elif choice.name == "hdenseunet":
+            rule = ([network.divisor, network.divisor, 1], {2: network.slices})
+        else:
+            divisor = getattr(network, "divisor", None) or network.patch_size**5
+            rule = ([divisor] * choice.spatial_dims, {})
+        _SIZE_RULES[key] = rule
+    divisor, fixed = _SIZE_RULES[key]
+    return list(divisor), dict(fixed)
 
 
 _PROBES: dict[str, tuple[float, int]] = {}

@@ -183,3 +183,13 @@ def test_balanced_crops_centre_on_a_small_lesion_as_often_as_on_its_organ(tmp_pa
     # foreground from the background.
     assert set(centres(without_lesion, "balanced")) == {1}
     assert set(centres(background_only, "balanced")) == {0}
+
+
+def test_the_config_offers_exactly_the_normalisations_preprocessing_applies():
+    import typing
+
+    from medseg.config import NormalizationChoice
+    from medseg.transforms.presets import NORMALIZATIONS, Normalization
+
+    offered = set(typing.get_args(NormalizationChoice)) - {"auto"}
+    assert offered == set(NORMALIZATIONS) == set(typing.get_args(Normalization))
