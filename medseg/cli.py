@@ -39,37 +39,33 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and other libraries' warnings.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+    log_file: Annotated[
+        Path | None,
+        typer.Option(help="Also append the log, as plain time-stamped lines, to this file."),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """Medical image segmentation with UNet++, H-DenseUNet, Swin UNETR and Att-SwinU-Net."""
     _state["debug"] = debug
-    from rich.console import Console
-    from rich.logging import RichHandler
+    from medseg.pipelines.console import configure
 
-    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(message)s",
-        handlers=[handler],
-        force=True,
-    )
-    # MONAI's LoadImage logs an INFO line for every reader that declines a file.
-    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "LoadImage", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # MONAI warns on every LoadImage that its GPU DICOM decoder is missing: never an error
-    # here, DICOM series still load with pydicom's own decoders.
-    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    try:
+        configure(debug=debug, quiet=quiet, log_file=log_file)
+    except OSError as error:
+        reason = error.strerror or error
+        raise typer.BadParameter(f"{log_file}: {reason}", param_hint="--log-file") from None
 
 
 def _console() -> Any:
-    from rich.console import Console
+    from medseg.pipelines.console import output_console
 
-    # soft_wrap: long paths stay whole on one line instead of being broken at the width.
-    return Console(soft_wrap=True)
+    return output_console()
 
 
 @app.command()
@@ -217,15 +213,12 @@ def train(
         return
     result = training.train(settings, resume=resume is not None)
     console.print(
-        f"best validation Dice {result.best_metric:.4f} (epoch {result.best_epoch + 1})",
+        f"best validation Dice {result.best_metric:.4f} (epoch {result.best_epoch})",
         highlight=False,
     )
     console.print(f"model directory: {result.model_dir}", highlight=False)
-    if result.run_id:
-        console.print(f"MLflow run {result.run_id} at {result.tracking_uri}", highlight=False)
-        console.print(
-            f"open the UI: mlflow ui --backend-store-uri {result.tracking_uri}", highlight=False
-        )
+    for line in result.tracking_links:
+        console.print(line, highlight=False)
 
 
 def _resolved_config(run_dir: Path) -> Path:
@@ -323,6 +316,13 @@ def evaluate(
     ] = "diagonal",
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes.")] = 2,
     track: Annotated[bool, typer.Option(help="Log the report to MLflow.")] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="With --track: the model that made the predictions (default: the one "
+            "PRED_DIR/predict_report.json names); the run joins its training run's experiment."
+        ),
+    ] = None,
 ) -> None:
     """Score predictions against references: Dice, IoU, HD95, ASSD, surface Dice."""
     from medseg.pipelines.evaluate import evaluate as run_evaluation
@@ -349,7 +349,7 @@ def evaluate(
     )
     _print_evaluation(result)
     if track:
-        track_evaluation(result)
+        track_evaluation(result, model=model, predictions=pred_dir, references=ref_dir)
     if result.problems:
         raise typer.Exit(1)
 
@@ -487,10 +487,6 @@ def _join_shape_arguments(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Entry point of the ``medseg`` console script."""
-    import warnings
-
-    # MONAI warns on every reader set-up that an optional GPU DICOM decoder is absent.
-    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     try:
         app(args=_join_shape_arguments(sys.argv[1:]), prog_name="medseg", standalone_mode=True)
     except MedsegError as error:

@@ -135,6 +135,7 @@ def evaluate(
     rule: EmptyRule = DEFAULT_RULE,
     workers: int = 2,
     worst_cases: int = 3,
+    show_progress: bool = True,
 ) -> EvaluationResult:
     """Score every prediction in ``pred_dir`` against ``references`` and write the report.
 
@@ -143,7 +144,8 @@ def evaluate(
     ``case_metrics`` with ``tolerance_mm`` (NSD) and ``rule`` (empty masks); ``workers``
     processes score cases in parallel (1: in this process; the pool starts them with
     forkserver, so a script calling this needs the ``if __name__ == "__main__":`` guard); the
-    ``worst_cases`` cases of lowest mean Dice get an overlay. Raises ``ConfigError`` for
+    ``worst_cases`` cases of lowest mean Dice get an overlay; ``show_progress`` draws a bar
+    in a terminal (plain logs get a line per case anyway). Raises ``ConfigError`` for
     unusable arguments; problems with single cases do not raise but are returned (and logged
     as warnings).
     """
@@ -168,7 +170,7 @@ def evaluate(
     score = partial(_score_case, scheme=scheme, tolerance_mm=tolerance_mm, rule=rule)
     jobs = [(c, predictions[c], Path(references[c])) for c in sorted(predictions)]
     rows: list[dict[str, Any]] = []
-    for case_rows, problem in _map_cases(score, jobs, workers):
+    for case_rows, problem in _map_cases(score, jobs, workers, show_progress):
         rows.extend(case_rows)
         if problem is not None:
             problems.append(problem)
@@ -209,16 +211,28 @@ def evaluate(
 
 
 def track_evaluation(
-    result: EvaluationResult, run_name: str | None = None, experiment: str = "medseg-evaluate"
+    result: EvaluationResult,
+    run_name: str | None = None,
+    experiment: str = "medseg-evaluate",
+    *,
+    model: str | None = None,
+    predictions: Path | None = None,
+    references: Path | None = None,
 ) -> str | None:
     """Log an evaluation to MLflow and return the run id (None when tracking failed).
 
-    Opens a run in ``experiment`` (nested inside an active one, such as training's) and logs
-    the rules as params, ``eval/<metric>/<label>`` means, ``eval/global_dice/<label>``,
+    Opens a run (nested inside an active one, such as training's) and logs the rules as
+    params, ``eval/<metric>/<label>`` means, ``eval/global_dice/<label>``,
     ``eval/dice_mean`` (mean over labels) and ``eval/problems``, and every written file as
-    an artifact.
+    an artifact. ``model`` (default: the one ``predictions/predict_report.json`` names)
+    links the run: when its training run is known (``tracking.training_run_id``), the run
+    goes into that run's experiment as its child (tagged ``medseg.training_run_id``), else
+    into ``experiment``. ``model``, ``predictions`` and ``references`` are recorded as tags.
     """
-    from medseg.pipelines.tracking import Tracker
+    from medseg.pipelines.tracking import TRAINING_RUN_TAG, Tracker, training_run_id
+
+    if model is None and predictions is not None:
+        model = _predicting_model(Path(predictions))
 
     metrics: dict[str, float] = {"eval/problems": float(len(result.problems))}
     label_dice = []
@@ -233,12 +247,46 @@ def track_evaluation(
     if label_dice:
         metrics["eval/dice_mean"] = float(np.mean(label_dice))
     params = {f"eval.{key}": value for key, value in result.summary["rules"].items()}
-    with Tracker(experiment=experiment, run_name=run_name) as tracker:
+    tags = {"medseg.model": model} if model else {}
+    for name, folder in (("predictions", predictions), ("references", references)):
+        if folder is not None:
+            tags[f"medseg.{name}"] = str(Path(folder).resolve())
+    trained_by = training_run_id(model) if model else None
+    experiment_id = _experiment_of(trained_by) if trained_by else None
+    if experiment_id is not None:
+        tags |= {TRAINING_RUN_TAG: str(trained_by), "mlflow.parentRunId": str(trained_by)}
+    if run_name is None and predictions is not None:
+        run_name = f"evaluate {Path(predictions).name}"
+    with Tracker(experiment=experiment, run_name=run_name, experiment_id=experiment_id) as tracker:
+        tracker.set_tags(tags)
         tracker.log_params(params)
         tracker.log_metrics(metrics, step=0)
         for path in result.paths.values():
             tracker.log_artifact(path, "evaluation")
     return tracker.run_id
+
+
+def _predicting_model(predictions: Path) -> str | None:
+    """The model ``medseg predict`` recorded in ``predict_report.json`` of ``predictions``."""
+    try:
+        report = json.loads((predictions / "predict_report.json").read_text(encoding="utf-8"))
+        model = report["model"]
+    except (OSError, ValueError, KeyError, TypeError):  # no report, or not predict's
+        return None
+    return model if isinstance(model, str) else None
+
+
+def _experiment_of(run_id: str) -> str | None:
+    """The experiment id of MLflow run ``run_id``; None when it cannot be found."""
+    from medseg.pipelines.tracking import limit_http_retries
+
+    limit_http_retries()
+    try:
+        import mlflow
+
+        return str(mlflow.MlflowClient().get_run(run_id).info.experiment_id)
+    except Exception:  # a run of another tracking store, or none reachable: no link
+        return None
 
 
 def _pair_cases(
@@ -270,16 +318,44 @@ def _pair_cases(
 
 
 def _map_cases(
-    score: Callable[[_CaseJob], _CaseResult], jobs: Sequence[_CaseJob], workers: int
+    score: Callable[[_CaseJob], _CaseResult],
+    jobs: Sequence[_CaseJob],
+    workers: int,
+    show_progress: bool = False,
 ) -> list[_CaseResult]:
-    if workers == 1 or len(jobs) <= 1:
-        return [score(job) for job in jobs]
-    # Not fork: evaluate also runs inside training, whose torch and MLflow threads a forked
-    # child would inherit in whatever state they were.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-        return list(pool.map(score, jobs))
+    from medseg.pipelines.console import settings, worker_initializer
+    from medseg.pipelines.progress import task_progress
+
+    results: list[_CaseResult] = []
+    with task_progress("scoring", len(jobs), show_progress) as advance:
+        if workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                results.append(score(job))
+                advance(_outcome(job[0], results[-1]))
+            return results
+        # Not fork: evaluate also runs inside training, whose torch and MLflow threads a
+        # forked child would inherit in whatever state they were. A started child has
+        # Python's default warning filters: the initializer gives it this console's.
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with ProcessPoolExecutor(
+            min(workers, len(jobs)),
+            mp_context=context,
+            initializer=worker_initializer,
+            initargs=(settings(),),
+        ) as pool:
+            for job, result in zip(jobs, pool.map(score, jobs), strict=True):
+                results.append(result)
+                advance(_outcome(job[0], result))
+    return results
+
+
+def _outcome(case_id: str, result: _CaseResult) -> str:
+    """``case_id`` and its mean Dice, or that it was left out."""
+    rows, problem = result
+    if problem is not None or not rows:
+        return f"{case_id} left out"
+    return f"{case_id} mean Dice {np.mean([float(row['dice']) for row in rows]):.3f}"
 
 
 def _score_case(

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medseg.pipelines.model_dir import open_model
+from medseg.pipelines.model_dir import (
+    CONFIG_FILE,
+    ModelConfig,
+    open_model,
+    parameter_counts,
+    read_model_config,
+    recorded_parameter_counts,
+)
 
 # Keys of a model's ``provenance`` that say where it came from; the rest say how it trained.
 PROVENANCE_KEYS = ("git_commit", "dataset_fingerprint")
@@ -22,7 +29,7 @@ def model_info(model: str | Path) -> dict[str, Any]:
     not recorded); ``plan`` (what training's plan decided, empty without one). Raises
     ``ConfigError`` when the model cannot be opened.
     """
-    config, network = open_model(model)
+    config, counts = _config_and_counts(model)
     described = {
         "name": config.network.name,
         "preset": config.network.preset,
@@ -30,12 +37,8 @@ def model_info(model: str | Path) -> dict[str, Any]:
         "in_channels": config.network.in_channels,
         "out_channels": config.network.out_channels,
         "options": config.network.options,
-        "parameters": sum(parameter.numel() for parameter in network.parameters()),
+        **counts,
     }
-    if hasattr(network, "level_parameter_count"):
-        described["parameters_by_level"] = {
-            level: network.level_parameter_count(level) for level in range(1, network.levels + 1)
-        }
     recorded = dict(config.provenance)
     return {
         "source": str(model),
@@ -51,6 +54,21 @@ def model_info(model: str | Path) -> dict[str, Any]:
             **{key: _recorded(recorded, key) for key in PROVENANCE_KEYS},
         },
     }
+
+
+def _config_and_counts(model: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model's config and ``parameter_counts``: for a local model or run directory
+    whose weights recorded them, from its files alone (no torch, no MONAI: fast); else by
+    loading the network."""
+    folder = Path(model)
+    if not (folder / CONFIG_FILE).is_file():
+        folder = folder / "model"
+    if (folder / CONFIG_FILE).is_file():
+        counts = recorded_parameter_counts(folder)
+        if counts is not None:
+            return read_model_config(folder), counts
+    config, network = open_model(model)
+    return config, parameter_counts(network)
 
 
 def _recorded(provenance: dict[str, Any], key: str) -> Any:

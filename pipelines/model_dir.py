@@ -7,6 +7,7 @@ so a model rebuilds with no code path of its own.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,11 +22,13 @@ from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
 from medseg.files import read_regular_text, require_regular_file
 from medseg.pipelines.postprocess import Postprocessing
-from medseg.transforms.presets import Preprocessing
+from medseg.transforms.spec import Preprocessing
 from medseg.yaml_input import describe_validation_error, load_yaml
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "weights.safetensors"
+# Key of the weights file's metadata holding ``parameter_counts`` (read without torch).
+PARAMETERS_KEY = "medseg_parameters"
 
 
 class _Strict(BaseModel):
@@ -99,6 +102,36 @@ def build_from_spec(spec: NetworkSpec) -> Any:
     )
 
 
+def parameter_counts(network: Any) -> dict[str, Any]:
+    """``{"parameters": trainable parameter count}`` of ``network``, and for a network with
+    pruning levels (UNet++) ``"parameters_by_level": {level: count}``."""
+    counts: dict[str, Any] = {"parameters": sum(p.numel() for p in network.parameters())}
+    if hasattr(network, "level_parameter_count"):
+        counts["parameters_by_level"] = {
+            level: network.level_parameter_count(level) for level in range(1, network.levels + 1)
+        }
+    return counts
+
+
+def recorded_parameter_counts(directory: Path) -> dict[str, Any] | None:
+    """The ``parameter_counts`` a model directory's weights file recorded when it was
+    saved, read from the file's header alone; None for a file from before they were."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(Path(directory) / WEIGHTS_FILE), framework="numpy") as weights:
+            recorded = (weights.metadata() or {}).get(PARAMETERS_KEY)
+        counts = json.loads(recorded) if recorded else None
+    except Exception:  # unreadable here: the caller loads the network and says why
+        return None
+    if not isinstance(counts, dict) or not isinstance(counts.get("parameters"), int):
+        return None
+    levels = counts.get("parameters_by_level")
+    if isinstance(levels, dict):
+        counts["parameters_by_level"] = {int(level): count for level, count in levels.items()}
+    return counts
+
+
 def save_model_dir(directory: Path, config: ModelConfig, network: Any) -> Path:
     """Write ``config`` and ``network``'s weights to ``directory``, replacing it whole.
 
@@ -112,7 +145,11 @@ def save_model_dir(directory: Path, config: ModelConfig, network: Any) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-        save_file(state, staging / WEIGHTS_FILE, metadata={"medseg_version": __version__})
+        metadata = {
+            "medseg_version": __version__,
+            PARAMETERS_KEY: json.dumps(parameter_counts(network)),
+        }
+        save_file(state, staging / WEIGHTS_FILE, metadata=metadata)
         text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
         (staging / CONFIG_FILE).write_text(text, encoding="utf-8")
         if directory.exists():

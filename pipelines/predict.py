@@ -201,7 +201,7 @@ def predict(
                 writing = (job, entry, lock) if job is not None else None
                 entry.seconds = round(time.perf_counter() - started, 3)
                 report.cases.append(entry)
-                advance(case.id)
+                advance(f"{case.id} {entry.status}")
             if writing is not None:
                 _finish(*writing)
         finally:
@@ -235,12 +235,12 @@ def _claims(
         lock = try_lock(target)
         if lock is None:
             report.cases.append(CaseReport(case.id, "skipped", str(target), error=BUSY))
-            advance(case.id)
+            advance(f"{case.id} skipped")
             continue
         if not overwrite and _finished(case, target, save_probabilities):
             lock.release()
             report.cases.append(CaseReport(case.id, "skipped", str(target)))
-            advance(case.id)
+            advance(f"{case.id} skipped")
             continue
         remove_stale_temporaries(target)
         remove_stale_temporaries(_probabilities_path(case, target))

@@ -33,14 +33,13 @@ from medseg.pipelines.model_dir import (
     InferenceSpec,
     ModelConfig,
     NetworkSpec,
-    load_model_dir,
     save_model_dir,
 )
 from medseg.pipelines.planner import FINGERPRINT_FILE, PLAN_FILE, PlannedRun, plan_run
 from medseg.pipelines.plots import plot_learning_curve
 from medseg.pipelines.postprocess import Postprocessing
 from medseg.pipelines.resources import require_cache_memory
-from medseg.pipelines.tracking import Tracker
+from medseg.pipelines.tracking import Tracker, code_version_tags
 from medseg.pipelines.trainer import BEST, LAST, Trainer
 from medseg.transforms.presets import Preprocessing
 
@@ -56,11 +55,12 @@ class TrainResult:
     run_dir: Path
     model_dir: Path
     best_metric: float
-    best_epoch: int
+    best_epoch: int  # from 1; 0 when never validated
     history: list[dict[str, float]] = field(default_factory=list)
     validation_rows: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
     tracking_uri: str | None = None
+    tracking_links: list[str] = field(default_factory=list)
 
 
 def _preprocessing(config: Config, index: Any, planned: PlannedRun) -> Preprocessing:
@@ -244,6 +244,11 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
     )
     with process_group(info, device), torch.random.fork_rng(devices=[]), tracker:
         trainer = Trainer(config, index, model_config, split, run_dir, device, info, show_progress)
+        if tracker.active:
+            _track_sources(tracker, config, index, model_config, run_dir, first=state is None)
+            # The model directory names the run that trained it (evaluate --track links it).
+            provenance = model_config.provenance | {"mlflow_run_id": tracker.run_id}
+            model_config = model_config.model_copy(update={"provenance": provenance})
 
         def on_best(network: Any, rows: list, epoch: int, metrics: dict) -> None:
             _save_best(run_dir, model_config, network, rows, epoch, metrics)
@@ -271,7 +276,35 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
         validation_rows=outcome["rows"],
         run_id=tracker.run_id,
         tracking_uri=tracker.uri if tracker.run_id else None,
+        tracking_links=tracker.links() if tracker.run_id else [],
     )
+
+
+def _track_sources(
+    tracker: Tracker,
+    config: Config,
+    index: Any,
+    model_config: ModelConfig,
+    run_dir: Path,
+    *,
+    first: bool,
+) -> None:
+    """Tag the run with the code that runs it and, on its first start, log the dataset as
+    its training input: the data root's name, its layout and case count, and the digest
+    of the planner's ``fingerprint.json``."""
+    import hashlib
+
+    tracker.set_tags(code_version_tags())
+    fingerprint = run_dir / FINGERPRINT_FILE
+    if not first or not fingerprint.is_file():
+        return
+    tags = {
+        "layout": config.data.layout,
+        "cases": str(len(index.cases)),
+        "files_fingerprint": str(model_config.provenance.get("dataset_fingerprint")),
+    }
+    digest = hashlib.sha256(fingerprint.read_bytes()).hexdigest()
+    tracker.log_dataset(Path(config.data.root), digest, tags)
 
 
 def _require_apart(run_dir: Path, data_root: Path) -> None:
@@ -287,7 +320,9 @@ def _require_apart(run_dir: Path, data_root: Path) -> None:
 
 def _finish(run_dir: Path, config: Config, outcome: dict[str, Any], tracker: Tracker) -> None:
     """Plots and artifacts at the end of a run, and the model in MLflow (registered if asked)."""
-    plot_learning_curve(run_dir / "learning_curve.png", outcome["history"])
+    plot_learning_curve(
+        run_dir / "learning_curve.png", outcome["history"], title=tracker.run_name or run_dir.name
+    )
     artifacts = (
         "config.yaml",
         "splits.json",
@@ -299,12 +334,10 @@ def _finish(run_dir: Path, config: Config, outcome: dict[str, Any], tracker: Tra
     for artifact in artifacts:
         if (run_dir / artifact).exists():
             tracker.log_artifact(run_dir / artifact)
-    tracker.log_artifact(run_dir / "model", "model")
     best = {"best/val_dice_mean": outcome["best_metric"], "best/epoch": outcome["best_epoch"]}
     tracker.log_metrics(best, step=config.train.total_epochs)
-    if tracker.active and (run_dir / "model").is_dir():
-        _, network = load_model_dir(run_dir / "model")
-        tracker.log_model(run_dir / "model", network, register=config.train.register_as)
+    if (run_dir / "model").is_dir():
+        tracker.log_model(run_dir / "model", register=config.train.register_as)
 
 
 def _save_best(

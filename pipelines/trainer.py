@@ -3,6 +3,9 @@
 Randomness is derived from ``train.seed`` per epoch (dropout, data order) and per sample
 (augmentation, see ``pipelines/data.py``), so a run resumed from an epoch's checkpoint
 continues exactly as the uninterrupted one, with no random state to carry over.
+
+Epochs are numbered from 1 wherever a user sees them: the log, MLflow steps, the history,
+``best_epoch`` and the checkpoint's ``epoch`` (the number of epochs finished).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from medseg.pipelines.inference import resolve_precision
 from medseg.pipelines.losses import DeepSupervisionLoss, segmentation_loss
 from medseg.pipelines.model_dir import ModelConfig, build_from_config, load_weights
 from medseg.pipelines.optim import lr_factor, make_optimizer
-from medseg.pipelines.progress import epoch_progress
+from medseg.pipelines.progress import duration, epoch_progress, task_progress
 from medseg.pipelines.tracking import Tracker
 from medseg.pipelines.validation import summarise, validate
 from medseg.transforms.presets import training_transforms, validation_transforms
@@ -39,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
+# Marks a checkpoint whose epochs count from 1; older checkpoints counted from 0.
+EPOCH_BASE = "epoch_base"
 
 
 def start_from_prior(network: torch.nn.Module, out_channels: int, prior: float = 0.01) -> None:
@@ -121,6 +126,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast == torch.float16)
         loss = segmentation_loss(recipe.loss, self.scheme, recipe.class_weights)
         self.loss = DeepSupervisionLoss(loss).to(device)
+        # Validation logits come back on the CPU, whole volumes: their loss is taken there.
+        self.validation_loss = segmentation_loss(recipe.loss, self.scheme, recipe.class_weights)
 
     def _data(self, split: dict[str, list[str]]) -> None:
         from monai.data import DataLoader
@@ -185,7 +192,7 @@ class Trainer:
         started, losses, samples = time.perf_counter(), [], 0
         batches = iter(self.loader)
         with epoch_progress(
-            epoch, recipe.total_epochs, self.steps_per_epoch, self.show_progress
+            epoch + 1, recipe.total_epochs, self.steps_per_epoch, self.show_progress
         ) as advance:
             for step in range(self.steps_per_epoch):
                 try:
@@ -234,6 +241,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "epoch": epoch,
+                EPOCH_BASE: 1,
             }
             | state,
         )
@@ -242,61 +250,108 @@ class Trainer:
         """Train to the end (or an early stop), continuing from checkpoint ``state`` if given.
 
         ``on_best(network, rows, epoch, metrics)`` saves a new best model. Returns
-        ``history``, ``best_metric``, ``best_epoch`` and ``rows`` (last validation per case).
+        ``history`` (one row per epoch, ``epoch`` from 1), ``best_metric``, ``best_epoch``
+        (from 1; 0 before any validation) and ``rows`` (last validation per case).
         """
         recipe = self.recipe
-        start, best, best_epoch, stale, history = 0, -1.0, -1, 0, []
+        start, best, best_epoch, stale, history = 0, -1.0, 0, 0, []
         if state is not None:
+            state = counted_from_one(state)
             load_weights(self.network, state["network"], self.run_dir / LAST)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
-            start = int(state["epoch"]) + 1
+            start = int(state["epoch"])
             best, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
             stale, history = int(state["stale"]), list(state["history"])
         else:
             tracker.log_params(flatten(config_to_dict(self.config)))
             tracker.set_tags({"medseg.run_dir": str(self.run_dir.resolve())})
         rows: list[dict[str, Any]] = []
+        self._announce(start)
+        timings: list[float] = []
         for epoch in range(start, recipe.total_epochs):
+            started = time.perf_counter()
+            number = epoch + 1
             self._apply_stage(epoch)
             metrics = self._train_epoch(epoch)
-            last = epoch + 1 == recipe.total_epochs
-            if (epoch + 1) % recipe.val_every == 0 or last:
-                improved = 0.0
+            improved = 0.0
+            if number % recipe.val_every == 0 or number == recipe.total_epochs:
                 if self.info.is_main:
-                    rows = validate(
-                        self.network,
-                        self.val_loader,
-                        self.scheme,
-                        self.model_config.inference,
-                        self.device,
-                    )
+                    rows = self._validate()
                     metrics |= summarise(rows, self.names)
                     if metrics["val/dice_mean"] > best:
-                        best, best_epoch, improved = metrics["val/dice_mean"], epoch, 1.0
-                        on_best(self.network, rows, epoch, metrics)
-                    self._log_validation(epoch, metrics, improved)
+                        best, best_epoch, improved = metrics["val/dice_mean"], number, 1.0
+                        on_best(self.network, rows, number, metrics)
                 stale = 0 if broadcast_from_main(improved, self.device) else stale + 1
-            history.append({"epoch": epoch, **metrics})
-            tracker.log_metrics(metrics, step=epoch)
+            history.append({"epoch": number, **metrics})
+            tracker.log_metrics(metrics, step=number)
             if self.info.is_main:
                 progress = {"best_metric": best, "best_epoch": best_epoch, "stale": stale}
                 progress |= {"history": history, "run_id": tracker.run_id or ""}
-                self._checkpoint(epoch, progress)
+                self._checkpoint(number, progress)
+                timings.append(time.perf_counter() - started)
+                self._log_epoch(number, metrics, improved, timings)
             barrier()
             if recipe.early_stopping and stale >= recipe.early_stopping:
                 logger.info("early stop: no better validation Dice in %d validations", stale)
                 break
         return {"history": history, "best_metric": best, "best_epoch": best_epoch, "rows": rows}
 
-    def _log_validation(self, epoch: int, metrics: dict[str, float], improved: float) -> None:
+    def _announce(self, start: int) -> None:
+        """The line a log shows before the first epoch, which may take minutes."""
+        validated = 0 if self.val_loader is None else len(self.val_loader)
         logger.info(
-            "epoch %d/%d  loss %.4f  val dice %s  mean %.4f%s",
-            epoch + 1,
+            "training %s (%s) on %s from epoch %d to %d: %d iterations per epoch, "
+            "%d training cases, %d validation cases",
+            self.model_config.network.name,
+            self.model_config.network.preset,
+            self.device,
+            start + 1,
             self.recipe.total_epochs,
-            metrics["train/loss"],
-            " ".join(f"{n} {metrics[f'val/dice/{n}']:.3f}" for n in self.names),
-            metrics["val/dice_mean"],
-            "  (best)" if improved else "",
+            self.steps_per_epoch,
+            len(self.train_set),
+            validated,
         )
+
+    def _validate(self) -> list[dict[str, Any]]:
+        loader = self.val_loader or []  # only the main process validates
+        with task_progress("validating", len(loader), self.show_progress) as advance:
+            return validate(
+                self.network,
+                loader,
+                self.scheme,
+                self.model_config.inference,
+                self.device,
+                loss=self.validation_loss,
+                on_case=advance,
+            )
+
+    def _log_epoch(
+        self, number: int, metrics: dict[str, float], improved: float, timings: list[float]
+    ) -> None:
+        """One line per epoch: losses, validation Dice if validated, duration and ETA."""
+        parts = [f"epoch {number}/{self.recipe.total_epochs}", f"loss {metrics['train/loss']:.4f}"]
+        if "val/loss" in metrics:
+            parts.append(f"val loss {metrics['val/loss']:.4f}")
+        if "val/dice_mean" in metrics:
+            dice = " ".join(f"{n} {metrics[f'val/dice/{n}']:.3f}" for n in self.names)
+            parts.append(f"val dice {dice} mean {metrics['val/dice_mean']:.4f}")
+            if improved:
+                parts.append("(best)")
+        remaining = self.recipe.total_epochs - number
+        eta = float(np.mean(timings)) * remaining
+        parts.append(f"{duration(timings[-1])}, ETA {duration(eta)}")
+        logger.info("  ".join(parts))
+
+
+def counted_from_one(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint with its epochs counted from 1, converting one written before that
+    (``epoch``, ``best_epoch`` and the history's epochs were indices from 0)."""
+    if state.get(EPOCH_BASE) == 1:
+        return state
+    history = [row | {"epoch": int(row["epoch"]) + 1} for row in state.get("history", [])]
+    converted = {"epoch": int(state["epoch"]) + 1, "history": history, EPOCH_BASE: 1}
+    if "best_epoch" in state:
+        converted["best_epoch"] = int(state["best_epoch"]) + 1
+    return state | converted

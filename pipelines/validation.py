@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -21,13 +21,18 @@ def validate(
     scheme: LabelScheme,
     inference: InferenceSpec,
     device: torch.device,
+    *,
+    loss: nn.Module | None = None,
+    on_case: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Dice per case and structure on preprocessed validation volumes.
 
     ``batches`` yields ``{"id", "image" (1, C, *spatial), "label"}`` as
     ``validation_transforms`` makes them. Returns one row per case,
     ``{"case": id, <structure name>: dice, ...}``; an empty reference scores 1 when the
-    prediction is empty too and 0 otherwise (never NaN).
+    prediction is empty too and 0 otherwise (never NaN). With ``loss`` (a CPU module taking
+    whole-volume logits and the target) each row also holds ``"loss"``; ``on_case(id)`` is
+    called after each case.
     """
     names = list(scheme.foreground)
     rows = []
@@ -42,16 +47,29 @@ def validate(
             device=device,
         )
         predicted = binary_prediction(logits, scheme)
-        reference = binary_target(torch.as_tensor(batch["label"]).as_subclass(torch.Tensor), scheme)
+        reference = binary_target(target_of(batch), scheme)
         dice = compute_dice(predicted, reference, include_background=True, ignore_empty=False)
+        # The loss of the whole volume at once: one number per batch of one case.
+        extra = {} if loss is None else {"loss": float(loss(logits, target_of(batch)))}
         for index, case_id in enumerate(batch["id"]):
-            rows.append({"case": case_id} | {n: float(dice[index, k]) for k, n in enumerate(names)})
+            scores = {n: float(dice[index, k]) for k, n in enumerate(names)}
+            rows.append({"case": case_id} | scores | extra)
+            if on_case is not None:
+                on_case(case_id)
     return rows
 
 
+def target_of(batch: dict[str, Any]) -> torch.Tensor:
+    """The batch's ``label`` (a target from ``labels_to_target``) as a plain tensor."""
+    return torch.as_tensor(batch["label"]).as_subclass(torch.Tensor)
+
+
 def summarise(rows: list[dict[str, Any]], names: list[str]) -> dict[str, float]:
-    """Mean Dice per structure (``val/dice/<name>``) and over structures (``val/dice_mean``)."""
+    """Mean Dice per structure (``val/dice/<name>``), over structures (``val/dice_mean``)
+    and, when the rows hold it, the mean loss (``val/loss``)."""
     means = {name: sum(row[name] for row in rows) / len(rows) for name in names}
     metrics = {f"val/dice/{name}": value for name, value in means.items()}
     metrics["val/dice_mean"] = sum(means.values()) / len(means)
+    if rows and all("loss" in row for row in rows):
+        metrics["val/loss"] = sum(row["loss"] for row in rows) / len(rows)
     return metrics

@@ -1,19 +1,28 @@
-"""MONAI dictionary pipelines per modality and the label mappings between disk and network."""
+"""MONAI dictionary pipelines per modality and the label mappings between disk and network.
 
-from medseg.transforms.labels import LabelsToTargetd, paint_labels, probabilities
-from medseg.transforms.presets import (
-    Preprocessing,
-    inference_transforms,
-    training_transforms,
-    validation_transforms,
-)
+The names below load on first use, so importing one light module of this package (such as
+``spec``) does not import MONAI.
+"""
 
-__all__ = [
-    "LabelsToTargetd",
-    "Preprocessing",
-    "inference_transforms",
-    "paint_labels",
-    "probabilities",
-    "training_transforms",
-    "validation_transforms",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_MODULE_OF = {
+    "LabelsToTargetd": "labels",
+    "paint_labels": "labels",
+    "probabilities": "labels",
+    "Preprocessing": "spec",
+    "inference_transforms": "presets",
+    "training_transforms": "presets",
+    "validation_transforms": "presets",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'medseg.transforms' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"medseg.transforms.{_MODULE_OF[name]}"), name)
