@@ -15,7 +15,7 @@ from medseg.pipelines.model_dir import (
 )
 
 # Keys of a model's ``provenance`` that say where it came from; the rest say how it trained.
-PROVENANCE_KEYS = ("git_commit", "dataset_fingerprint")
+PROVENANCE_KEYS = ("git_commit", "dataset_fingerprint", "mlflow_run_id")
 
 
 def model_info(model: str | Path) -> dict[str, Any]:
@@ -25,9 +25,10 @@ def model_info(model: str | Path) -> dict[str, Any]:
     ``parameters`` and, for UNet++, ``parameters_by_level``); ``labels`` (the label
     scheme); ``preprocessing``; ``inference`` (sliding-window settings); ``postprocessing``
     (rules); ``training`` (what training recorded: epoch, validation metrics, ...); and
-    ``provenance`` (``medseg_version``, ``git_commit``, ``dataset_fingerprint``, None when
-    not recorded); ``plan`` (what training's plan decided, empty without one). Raises
-    ``ConfigError`` when the model cannot be opened.
+    ``provenance`` (``medseg_version``, ``git_commit``, ``dataset_fingerprint``, the
+    training run's ``mlflow_run_id``; None when not recorded); ``plan`` (what training's
+    plan decided, empty without one). Raises ``ConfigError`` when the model cannot be
+    opened.
     """
     config, counts = _config_and_counts(model)
     described = {

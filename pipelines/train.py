@@ -209,6 +209,7 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
         raise ConfigError(
             f"train.prune measures UNet++ pruning levels; {config.network.name} has none"
         )
+    logger.info("%s: checking the %s data in %s", run_dir, config.data.layout, config.data.root)
     index = discover_training_data(config)
     if index.problems:
         listed = "; ".join(str(p) for p in index.problems[:3])
@@ -243,6 +244,12 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
         run_id=(state or {}).get("run_id") or None,
     )
     with process_group(info, device), torch.random.fork_rng(devices=[]), tracker:
+        logger.info(
+            "loading %d training and %d validation cases (cache: %s)",
+            len(split["train"]),
+            len(split["val"]),
+            config.transforms.cache,
+        )
         trainer = Trainer(config, index, model_config, split, run_dir, device, info, show_progress)
         if tracker.active:
             _track_sources(tracker, config, index, model_config, run_dir, first=state is None)
