@@ -38,6 +38,7 @@ def test_an_untrained_model_is_described_without_a_training_record(brats_model_d
         "medseg_version": config.medseg_version,
         "git_commit": None,
         "dataset_fingerprint": None,
+        "mlflow_run_id": None,
     }
     json.dumps(info)  # JSON-ready, for a --json output
 

@@ -196,3 +196,13 @@ def test_a_tracking_server_gets_a_direct_link(monkeypatch):
     assert tracker.links() == [
         "MLflow run: https://mlflow.example.org/#/experiments/7/runs/0123abcd"
     ]
+
+
+def test_info_on_a_model_directory_imports_neither_torch_nor_monai(session):
+    script = (
+        "import sys; from medseg.pipelines.info import info_table, model_info; "
+        f"info_table(model_info({str(session['root'] / 'run' / 'model')!r})); "
+        "print(sorted({'torch', 'monai'} & set(sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
