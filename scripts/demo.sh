@@ -19,7 +19,7 @@ echo "== 3/4 sliding-window prediction of the held-out cases"
 $medseg predict "$work/runs/brats-unetpp/model" "$work/data/test" --output "$work/predictions"
 
 echo "== 4/4 evaluation against the held-out references"
-$medseg evaluate "$work/predictions" "$work/data/test" --output "$work/evaluation"
+$medseg evaluate "$work/predictions" "$work/data/test" --output "$work/evaluation" --track
 
 .venv/bin/python - "$work/evaluation/summary.json" "$(( $(date +%s) - started ))" <<'PY'
 import json
@@ -35,6 +35,7 @@ print(f"held-out Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()) + 
 print(f"demo took {sys.argv[2]} s; outputs under demo/ (model: demo/runs/brats-unetpp/model)")
 print(f"MLflow runs (experiment 'medseg-demo') are in {uri}")
 print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri}")
+print("then the training run's page printed after training (the evaluation is its child run)")
 if mean < 0.80:
     sys.exit(f"mean held-out Dice {mean:.3f} is below the demo's 0.80 target")
 PY
