@@ -34,6 +34,9 @@ _QUIET_ENVIRONMENT = {
     "MLFLOW_LOGGING_LEVEL": "ERROR",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "TQDM_DISABLE": "1",
+    # torch gives its loggers handlers of their own on import (the ONNX exporter's
+    # "torchvision is not installed" lines); "-all" sets them to ERROR.
+    "TORCH_LOGS": "-all",
 }
 
 
