@@ -198,6 +198,8 @@ def train(
         raise typer.BadParameter("give a CONFIG file, or --resume RUN_DIR", param_hint="CONFIG")
     else:
         settings = load_config(config, overrides)
+    # Loading torch and MONAI takes seconds: a job log shows the run has started.
+    logging.getLogger("medseg").info("training into %s", settings.output)
     from medseg.pipelines import train as training
 
     console = _console()
