@@ -14,17 +14,20 @@ from medseg.pipelines.progress import progress_line
 
 
 @pytest.fixture
-def restore_logging():
-    """Undo ``console.configure``: the root logger's handlers and level, the filters."""
+def restore_logging(monkeypatch):
+    """Undo what ``console.configure`` changes: the module's state, the environment keys
+    it sets, the warning filters, the root logger's handlers and level."""
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    level = root.level
+    monkeypatch.setattr(console, "_current", None)
+    monkeypatch.setattr(console, "_installed", [])
+    for key in console._QUIET_ENVIRONMENT:
+        monkeypatch.delenv(key, raising=False)
     with warnings.catch_warnings():
         yield
-    console.configure()  # closes what the test installed
-    for handler in list(root.handlers):
+    for handler in console._installed:
         root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
+        handler.close()
     root.setLevel(level)
 
 
