@@ -241,7 +241,8 @@ def predict(
     model: Annotated[
         str,
         typer.Argument(
-            help="Model directory, checkpoint, runs:/ or models:/ URI; several comma-separated "
+            help="Model directory, run directory, package (.medseg.zip), checkpoint, runs:/ or "
+            "models:/ URI; several comma-separated "
             "(or a cross-validation folder) are ensembled."
         ),
     ],
@@ -405,7 +406,7 @@ def prune(
 def export(
     model: Annotated[str, typer.Argument(help="Model directory, checkpoint or MLflow URI.")],
     format_: Annotated[
-        str, typer.Option("--format", "-f", help="torchscript or onnx.")
+        str, typer.Option("--format", "-f", help="torchscript, onnx or package.")
     ] = "torchscript",
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for the exported files.")
@@ -414,9 +415,15 @@ def export(
         int | None, typer.Option(min=1, max=4, help="UNet++: export head L only.")
     ] = None,
 ) -> None:
-    """Write a file that runs without medseg, checked against medseg's own forward."""
+    """Write a file that runs without medseg (checked against medseg's own forward), or
+    one NAME.medseg.zip that every medseg command takes as MODEL (--format package)."""
+    if format_ == "package":
+        from medseg.pipelines.package import write_package
+
+        typer.echo(f"wrote {write_package(model, output)}")
+        return
     if format_ not in ("torchscript", "onnx"):
-        raise typer.BadParameter("use torchscript or onnx", param_hint="--format")
+        raise typer.BadParameter("use torchscript, onnx or package", param_hint="--format")
     from medseg.pipelines.export import export_model
 
     result = export_model(model, format_, output, prune_level=prune_level)

@@ -239,7 +239,8 @@ def is_run_dir(path: Path) -> bool:
 
 
 def open_model(spec: str | Path) -> tuple[ModelConfig, Any]:
-    """Load a model given as a model directory, a run directory, a training checkpoint
+    """Load a model given as a model directory, a run directory, a model package
+    (``NAME.medseg.zip``), a training checkpoint
     (``checkpoint_*.pt``, read with the run's ``model/config.yaml``) or an MLflow URI
     (``runs:/ID/model``, ``models:/NAME/VERSION``). Returns ``(config, network)`` in eval
     mode; raises ``ConfigError`` when it is none of these or is broken.
@@ -254,6 +255,10 @@ def open_model(spec: str | Path) -> tuple[ModelConfig, Any]:
     path = Path(text)
     if is_run_dir(path):
         path = path / "model"
+    from medseg.pipelines.package import is_package, open_package
+
+    if is_package(path):
+        return open_package(path)
     if path.is_file() and path.suffix == ".pt":
         from medseg.pipelines.checkpoints import load_checkpoint
 
