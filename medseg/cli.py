@@ -326,26 +326,17 @@ def evaluate(
     track: Annotated[bool, typer.Option(help="Log the report to MLflow.")] = False,
 ) -> None:
     """Score predictions against references: Dice, IoU, HD95, ASSD, surface Dice."""
-    from medseg.pipelines.evaluate import evaluate as run_evaluation
+    from medseg.pipelines.api import evaluate_folders
     from medseg.pipelines.evaluate import track_evaluation
-    from medseg.pipelines.metrics import EmptyRule
-    from medseg.pipelines.references import find_references
 
-    rule = EmptyRule(one_empty_distance=one_empty)
-    if output is not None:
-        from medseg.files import require_outside
-
-        require_outside(output, [ref_dir], "--output")
-
-    references = find_references(ref_dir, layout=layout, labels=labels)
-    result = run_evaluation(
+    result = evaluate_folders(
         pred_dir,
-        references.labels,
-        references.scheme,
-        output or pred_dir / "evaluation",
-        images=references.images,
+        ref_dir,
+        output=output,
+        layout=layout,
+        labels=labels,
         tolerance_mm=tolerance,
-        rule=rule,
+        one_empty=one_empty,
         workers=workers,
     )
     _print_evaluation(result)
