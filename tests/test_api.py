@@ -101,3 +101,22 @@ def test_import_medseg_loads_no_heavy_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert shown.splitlines() == ["[]", "True True True"]
+
+
+def test_a_multi_channel_model_takes_a_list_or_a_channel_first_array(
+    brats_model_dir, tmp_path
+) -> None:
+    from medseg.datasets.synthetic import synthesize
+    from medseg.pipelines.predict import predict
+
+    (case,) = synthesize("brats", tmp_path / "brats", cases=1, shape=(32, 32, 24), seed=2)
+    predict(brats_model_dir, [str(case)], tmp_path / "out", device="cpu", show_progress=False)
+    expected = np.asarray(nib.load(tmp_path / "out" / f"{case.name}.nii.gz").dataobj)
+    model = medseg.load_model(brats_model_dir, device="cpu")
+    channels = [
+        nib.load(case / f"{case.name}_{name}.nii.gz")
+        for name in model.config.preprocessing.channels
+    ]
+    assert np.array_equal(np.asarray(model.segment(channels).dataobj), expected)
+    stacked = np.stack([np.asarray(image.dataobj) for image in channels])
+    assert np.array_equal(model.segment(stacked, affine=channels[0].affine), expected)
