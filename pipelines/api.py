@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from medseg.datasets.base import Case
-from medseg.errors import ConfigError
+from medseg.errors import CaseError, ConfigError
 
 STAGED_NAME = "channel_{}.nii"
 
@@ -108,10 +108,23 @@ class Model:
             paths, restore = _stage_files(
                 image, affine, spacing, folder, self.config.preprocessing.spatial_dims
             )
-            data = self.segmenter.load(Case("image", tuple(paths)))
+            try:
+                data = self.segmenter.load(Case("image", tuple(paths)))
+            except CaseError as error:
+                raise CaseError(_name_staged(str(error), paths, folder)) from None
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return _Staged(data, restore)
+
+
+def _name_staged(message: str, paths: list[Path], folder: Path) -> str:
+    """``message`` with the staged files' temporary names replaced by what the caller gave
+    (the in-memory image, or its channel k), which is what the caller can fix."""
+    for index, path in enumerate(paths):
+        if path.parent == folder:
+            given = "the given image" if len(paths) == 1 else f"the given image's channel {index}"
+            message = message.replace(str(path), given)
+    return message
 
 
 _END = object()
