@@ -165,10 +165,9 @@ def read_members(path: Path) -> dict[str, bytes]:
         if member:
             raise ConfigError(_altered(path, member.group(1))) from None
         raise ConfigError(f"{path}: not a zip file ({error})") from None
-    except (OSError, EOFError, ValueError) as error:  # zlib and I/O errors of a damaged zip
-        if isinstance(error, ConfigError):
-            raise
-        raise ConfigError(f"{path}: damaged ({type(error).__name__}: {error})") from None
+    # zlib and I/O errors of a damaged zip; encrypted members or unknown compression.
+    except (OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as error:
+        raise ConfigError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
     return members
 
 
