@@ -411,6 +411,12 @@ def export(
     if format_ == "package":
         from medseg.pipelines.package import write_package
 
+        if prune_level is not None:
+            raise typer.BadParameter(
+                "a package holds a model directory; package the model `medseg prune` wrote",
+                param_hint="--prune-level",
+            )
+
         typer.echo(f"wrote {write_package(model, output)}")
         return
     if format_ not in ("torchscript", "onnx"):
