@@ -75,7 +75,8 @@ class Model:
         """Segment each of ``images`` in order, reading the next while the current runs.
 
         Each item is what ``segment`` takes, or a mapping ``{"image": ..., "affine": ...}``
-        (or ``"spacing"``) for numpy arrays; yields what ``segment`` returns for each.
+        (or ``"spacing"``) for numpy arrays; yields what ``segment`` returns for each. An
+        unusable image raises ``CaseError`` at its turn, after the ones before it.
         """
         items = iter(images)
         with ThreadPoolExecutor(1) as reader:

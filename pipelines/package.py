@@ -53,16 +53,17 @@ MAX_RATIO = 1100
 
 
 def package_name(model: str | Path) -> str:
-    """The package's default name for ``model``: a model directory's name, or its run's
-    when it is the run's ``model/``; an MLflow URI's last parts. Unsafe characters become
-    ``-``."""
+    """The package's default name for ``model``: a model directory's or package's name, or
+    its run's for a run's ``model/`` or checkpoint; an MLflow URI's parts. Unsafe characters
+    become ``-``."""
     text = str(model).rstrip("/")
     if text.startswith(("runs:/", "models:/")):
         name = "-".join(part for part in text.split(":/", 1)[1].split("/") if part)
     else:
         path = Path(text).resolve()
-        name = path.parent.name if path.name == "model" else path.name
-        name = name.removesuffix(".pt")
+        # A run's model/ or checkpoint is named after the run.
+        in_run = path.name == "model" or path.suffix == ".pt"
+        name = path.parent.name if in_run else path.name.removesuffix(SUFFIX)
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "model"
 
 
