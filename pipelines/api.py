@@ -231,12 +231,12 @@ def _stage_array(
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4):
         raise ConfigError(f"segment: affine must be 4x4, got shape {affine.shape}")
-    channels = [array] if array.ndim == spatial_dims else list(array)
     if array.ndim not in (spatial_dims, spatial_dims + 1):
         raise ConfigError(
             f"segment: a {array.ndim}D array; this model takes {spatial_dims}D images or "
             f"channel-first {spatial_dims + 1}D arrays"
         )
+    channels = [array] if array.ndim == spatial_dims else list(array)
     paths = []
     for index, channel in enumerate(channels):
         path = folder / STAGED_NAME.format(index)
