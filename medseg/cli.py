@@ -236,7 +236,8 @@ def predict(
     model: Annotated[
         str,
         typer.Argument(
-            help="Model directory, checkpoint, runs:/ or models:/ URI; several comma-separated "
+            help="Model directory, run directory, package (.medseg.zip), checkpoint, runs:/ or "
+            "models:/ URI; several comma-separated "
             "(or a cross-validation folder) are ensembled."
         ),
     ],
@@ -327,26 +328,17 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score predictions against references: Dice, IoU, HD95, ASSD, surface Dice."""
-    from medseg.pipelines.evaluate import evaluate as run_evaluation
+    from medseg.pipelines.api import evaluate_folders
     from medseg.pipelines.evaluate import track_evaluation
-    from medseg.pipelines.metrics import EmptyRule
-    from medseg.pipelines.references import find_references
 
-    rule = EmptyRule(one_empty_distance=one_empty)
-    if output is not None:
-        from medseg.files import require_outside
-
-        require_outside(output, [ref_dir], "--output")
-
-    references = find_references(ref_dir, layout=layout, labels=labels)
-    result = run_evaluation(
+    result = evaluate_folders(
         pred_dir,
-        references.labels,
-        references.scheme,
-        output or pred_dir / "evaluation",
-        images=references.images,
+        ref_dir,
+        output=output,
+        layout=layout,
+        labels=labels,
         tolerance_mm=tolerance,
-        rule=rule,
+        one_empty=one_empty,
         workers=workers,
     )
     _print_evaluation(result)
@@ -407,7 +399,7 @@ def prune(
 def export(
     model: Annotated[str, typer.Argument(help="Model directory, checkpoint or MLflow URI.")],
     format_: Annotated[
-        str, typer.Option("--format", "-f", help="torchscript or onnx.")
+        str, typer.Option("--format", "-f", help="torchscript, onnx or package.")
     ] = "torchscript",
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder for the exported files.")
@@ -416,9 +408,21 @@ def export(
         int | None, typer.Option(min=1, max=4, help="UNet++: export head L only.")
     ] = None,
 ) -> None:
-    """Write a file that runs without medseg, checked against medseg's own forward."""
+    """Write a file that runs without medseg (checked against medseg's own forward), or
+    one NAME.medseg.zip that every medseg command takes as MODEL (--format package)."""
+    if format_ == "package":
+        from medseg.pipelines.package import write_package
+
+        if prune_level is not None:
+            raise typer.BadParameter(
+                "a package holds a model directory; package the model `medseg prune` wrote",
+                param_hint="--prune-level",
+            )
+
+        typer.echo(f"wrote {write_package(model, output)}")
+        return
     if format_ not in ("torchscript", "onnx"):
-        raise typer.BadParameter("use torchscript or onnx", param_hint="--format")
+        raise typer.BadParameter("use torchscript, onnx or package", param_hint="--format")
     from medseg.pipelines.export import export_model
 
     result = export_model(model, format_, output, prune_level=prune_level)

@@ -178,7 +178,9 @@ class TrainConfig(_Section):
     precision (``auto``: bf16 where supported, else fp16 with a gradient scaler; the CPU
     always runs fp32); ``early_stopping`` stops after that many validations without
     improvement; ``stages`` replaces ``epochs`` with a staged schedule; ``register_as`` names
-    the model in the MLflow registry; ``prune`` runs UNet++ level selection at the end.
+    the model in the MLflow registry; ``prune`` runs UNet++ level selection at the end;
+    ``init_from`` starts from a medseg model (directory, run, package, URI) or a local file
+    of pretrained weights in a layout ``medseg.pipelines.weight_layouts`` reads.
     """
 
     epochs: int = Field(100, ge=1)
@@ -204,6 +206,7 @@ class TrainConfig(_Section):
     stages: list[StageConfig] | None = None
     register_as: str | None = None
     prune: bool = False
+    init_from: str | None = None
 
     @property
     def total_epochs(self) -> int:

@@ -24,6 +24,14 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def apply_default_mode(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` the mode a plain ``open()`` (file) or ``mkdir`` (folder) would have
+    under the process umask: ``mkstemp`` and ``mkdtemp`` create 0600 and 0700, which
+    colleagues and a container's other users cannot read."""
+    full = 0o777 if Path(path).is_dir() else 0o666
+    Path(path).chmod(full & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
@@ -41,8 +49,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield temporary
         with temporary.open("rb+") as handle:
             os.fsync(handle.fileno())
-        # mkstemp creates 0600; give the file the mode a plain open() would (umask applied).
-        temporary.chmod(0o666 & ~_UMASK)
+        apply_default_mode(temporary)
         temporary.replace(target)
     finally:
         temporary.unlink(missing_ok=True)

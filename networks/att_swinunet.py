@@ -32,7 +32,9 @@ Differences from the paper and its released code, and why:
   ``window_size=8`` to tile 256 and 512 inputs exactly. The released code builds its
   decoder for 224 x 224 whatever the input size.
 - A single-channel image is not repeated to three channels; ``in_channels`` is used as
-  given. No ImageNet initialisation of the encoder (none is downloaded at run time).
+  given. The encoder starts from random weights unless ``train.init_from`` names a local
+  file of ImageNet Swin-T weights (the paper's start; nothing is downloaded;
+  ``pipelines/weight_layouts.py`` maps its names).
 """
 
 from __future__ import annotations

@@ -40,8 +40,9 @@ Differences from the paper and the released Keras code, and why:
 - ``residual_scores`` (off by default, and in the paper recipe) adds the 2D class scores to
   the fused head's output and starts that head's last convolution at zero, so the hybrid
   stages begin from the 2D stage's segmentation instead of from a random head.
-- No ImageNet initialisation of the 2D encoder (the paper starts from DenseNet-161
-  weights; none are downloaded at run time here).
+- The 2D encoder starts from random weights unless ``train.init_from`` names a local
+  file of torchvision's ImageNet DenseNet-161 (the paper's start; nothing is downloaded;
+  ``pipelines/weight_layouts.py`` maps its names).
 """
 
 from __future__ import annotations

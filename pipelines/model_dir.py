@@ -20,7 +20,7 @@ from medseg import __version__
 from medseg.config import non_finite_key
 from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
-from medseg.files import read_regular_text, require_regular_file
+from medseg.files import apply_default_mode, read_regular_text, require_regular_file
 from medseg.pipelines.postprocess import Postprocessing
 from medseg.transforms.spec import Preprocessing
 from medseg.yaml_input import describe_validation_error, load_yaml
@@ -152,6 +152,9 @@ def save_model_dir(directory: Path, config: ModelConfig, network: Any) -> Path:
         save_file(state, staging / WEIGHTS_FILE, metadata=metadata)
         text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
         (staging / CONFIG_FILE).write_text(text, encoding="utf-8")
+        # mkdtemp makes the folder 0700 and safetensors writes 0600: a model is shared.
+        for path in (staging, staging / WEIGHTS_FILE, staging / CONFIG_FILE):
+            apply_default_mode(path)
         if directory.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
             directory.rename(retired / directory.name)
@@ -171,22 +174,29 @@ def read_model_config(directory: Path) -> ModelConfig:
     if not Path(directory).is_dir():
         raise ConfigError(f"{directory}: model directory not found")
     try:
-        raw = load_yaml(read_regular_text(path), str(path))
-        config = ModelConfig.model_validate(raw)
+        text = read_regular_text(path)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: missing; a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
         ) from None
-    except ValidationError as error:
-        reason = describe_validation_error(error)
-        raise ConfigError(f"{path}: not a medseg model config ({reason})") from None
     except (UnicodeDecodeError, OSError) as error:
         raise ConfigError(f"{path}: unreadable ({error})") from None
+    return parse_model_config(text, str(path))
+
+
+def parse_model_config(text: str, source: str) -> ModelConfig:
+    """Validate the YAML ``text`` of a model's ``config.yaml`` (``source`` names it in
+    errors); ``ConfigError`` names what is wrong."""
+    try:
+        config = ModelConfig.model_validate(load_yaml(text, source))
+    except ValidationError as error:
+        reason = describe_validation_error(error)
+        raise ConfigError(f"{source}: not a medseg model config ({reason})") from None
     # Provenance (training metrics, dataset statistics) is a record, not a setting: a NaN
     # there changes nothing the model computes.
     key = non_finite_key(config.model_dump(exclude={"provenance"}))
     if key:
-        raise ConfigError(f"{path}: {key}: must be a finite number")
+        raise ConfigError(f"{source}: {key}: must be a finite number")
     return config
 
 
@@ -259,8 +269,15 @@ def _download(uri: str) -> Path:
         raise ConfigError(f"{uri}: cannot fetch the model ({str(error).splitlines()[0]})") from None
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a training run's directory: its ``config.yaml`` is the run's
+    config, and the model is in ``model/`` below it."""
+    return path.is_dir() and not (path / WEIGHTS_FILE).exists() and (path / "model").is_dir()
+
+
 def open_model(spec: str | Path) -> tuple[ModelConfig, Any]:
-    """Load a model given as a model directory, a run directory, a training checkpoint
+    """Load a model given as a model directory, a run directory, a model package
+    (``NAME.medseg.zip``), a training checkpoint
     (``checkpoint_*.pt``, read with the run's ``model/config.yaml``) or an MLflow URI
     (``runs:/ID/model``, ``models:/NAME/VERSION``). Returns ``(config, network)`` in eval
     mode; raises ``ConfigError`` when it is none of these or is broken.
@@ -273,8 +290,12 @@ def open_model(spec: str | Path) -> tuple[ModelConfig, Any]:
             folder = folder / "extra_files"
         return load_model_dir(folder)
     path = Path(text)
-    if path.is_dir() and not (path / CONFIG_FILE).exists() and (path / "model").is_dir():
+    if is_run_dir(path):
         path = path / "model"
+    from medseg.pipelines.package import is_package, open_package
+
+    if is_package(path):
+        return open_package(path)
     if path.is_file() and path.suffix == ".pt":
         from medseg.pipelines.checkpoints import load_checkpoint
 

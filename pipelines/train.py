@@ -109,6 +109,8 @@ def _model_config(
         "dataset": str(config.data.root),
         "fold": None if config.data.holdout else config.data.fold,
     }
+    if config.train.init_from:
+        provenance["init_from"] = config.train.init_from
     return ModelConfig(
         network=network,
         preprocessing=pre,

@@ -103,6 +103,10 @@ class Trainer:
         self.network = build_from_config(model_config)
         if self.scheme.mode == "regions":
             start_from_prior(self.network, self.scheme.out_channels)
+        if recipe.init_from:
+            from medseg.pipelines.finetune import initialise_from
+
+            initialise_from(self.network, recipe.init_from, model_config)
         self.network = self.network.to(device)
         self.memory_format = torch.contiguous_format
         if recipe.channels_last and model_config.network.spatial_dims == 3:

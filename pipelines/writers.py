@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -46,6 +47,21 @@ def finished_output(target: Path, reference: Path) -> bool:
     return output.affine is not None and bool(np.allclose(output.affine, source.affine, atol=1e-3))
 
 
+def nifti_label_image(source: nib.spatialimages.SpatialImage, labels: np.ndarray) -> Any:
+    """A NIfTI image of ``labels`` (uint8, ``source``'s spatial shape in its index order)
+    with ``source``'s header geometry as stored, intensity scaling cleared."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    header = source.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(None, None)
+    header.set_data_shape(labels.shape)
+    # No affine: the header's own geometry fields (qform and sform codes, quaternion,
+    # offsets, srow rows, pixdim and qfac) are written as they are. Going through
+    # get_qform/set_qform recomputed them, and failed on a real file whose unused
+    # (code 0) quaternion is not a rotation ("w2 should be positive").
+    return type(source)(labels, None, header=header)
+
+
 def write_label_like(reference: Path, labels: np.ndarray, target: Path) -> Path:
     """Write ``labels`` (uint8, the reference's spatial shape in file index order) to
     ``target`` with the reference file's geometry, atomically.
@@ -56,16 +72,7 @@ def write_label_like(reference: Path, labels: np.ndarray, target: Path) -> Path:
     """
     labels = np.asarray(labels, dtype=np.uint8)
     if target.name.endswith((".nii", ".nii.gz")):
-        source = nib.load(reference)
-        header = source.header.copy()
-        header.set_data_dtype(np.uint8)
-        header.set_slope_inter(None, None)
-        header.set_data_shape(labels.shape)
-        # No affine: the header's own geometry fields (qform and sform codes, quaternion,
-        # offsets, srow rows, pixdim and qfac) are written as they are. Going through
-        # get_qform/set_qform recomputed them, and failed on a real file whose unused
-        # (code 0) quaternion is not a rotation ("w2 should be positive").
-        image = type(source)(labels, None, header=header)
+        image = nifti_label_image(nib.load(reference), labels)
         return write_atomic(target, lambda path: nib.save(image, path))
     import SimpleITK as sitk
 
