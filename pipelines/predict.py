@@ -28,6 +28,8 @@ from medseg.files import remove_stale_temporaries, require_outside, write_atomic
 from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
 from medseg.pipelines.cases import collect_cases
 from medseg.pipelines.inference import resolve_device, resolve_precision
+from medseg.pipelines.label_files import nifti_description, write_label_files
+from medseg.pipelines.label_table import label_table, table_as_data
 from medseg.pipelines.model_dir import open_model
 from medseg.pipelines.segmenter import Segmentation, Segmenter
 from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name, write_label_like
@@ -114,11 +116,13 @@ def predict(
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
     Outputs are ``<case_id>.nii.gz`` (``.mha``/``.nrrd`` for such inputs): uint8 label maps
-    in the dataset's label values on the input's exact grid; with ``save_probabilities``
+    in the dataset's label values on the input's exact grid, the values' abbreviated names
+    in a NIfTI's description; ``labels.itksnap.txt`` and ``labels.ctbl`` name them for
+    ITK-SNAP and 3D Slicer (see ``label_files``); with ``save_probabilities``
     also ``<case_id>_probabilities.npz`` (float16 ``(C, *spatial)``, channel names,
     affine). ``predict_report.json`` (``predict_report.rank<R>.json`` under torchrun) lists
-    every case. Raises ``ConfigError`` for an unusable model, input or output folder;
-    per-case failures are in the report.
+    every case and the model's label table. Raises ``ConfigError`` for an unusable model,
+    input or output folder; per-case failures are in the report.
     """
     models = open_models(str(model))
     config = models[0][0]
@@ -129,6 +133,9 @@ def predict(
     if output_dir.resolve() in {folder.resolve() for folder in inputs_found.read_folders}:
         raise ConfigError(f"{output_dir}: is an input folder; choose another --output")
     require_writable(output_dir)
+    table = label_table(config)
+    write_label_files(output_dir, table)
+    description = nifti_description(table)
     target_device = resolve_device(device)
     segmenter = Segmenter(
         models,
@@ -191,7 +198,9 @@ def predict(
                     entry = CaseReport(
                         case.id, "done", str(target), 0.0, result.windows, result.skipped
                     )
-                    job = writer.submit(_write, case, result, target, save_probabilities)
+                    job = writer.submit(
+                        _write, case, result, target, save_probabilities, description
+                    )
                 except Exception as error:
                     _fail(entry, case, error)
                     lock.release()
@@ -215,6 +224,7 @@ def predict(
         "model": report.model,
         "rank": rank,
         "world_size": world,
+        "label_table": table_as_data(table),
         "cases": [asdict(c) for c in report.cases],
     }
     _write_report(output_dir / name, json.dumps(payload, indent=1))
@@ -336,7 +346,9 @@ def _finish(job: Future, entry: CaseReport, lock: CaseLock) -> None:
         lock.release()
 
 
-def _write(case: Case, result: Segmentation, target: Path, save_probabilities: bool) -> None:
+def _write(
+    case: Case, result: Segmentation, target: Path, save_probabilities: bool, description: str
+) -> None:
     reference = case.image[0]
     kept = (".nii", ".nii.gz", *KEPT_FORMATS)
     if reference.is_dir() or not reference.name.lower().endswith(kept):
@@ -345,9 +357,10 @@ def _write(case: Case, result: Segmentation, target: Path, save_probabilities: b
         image = nib.Nifti1Image(result.labels, result.affine)
         image.set_qform(result.affine, code=1)
         image.set_sform(result.affine, code=1)
+        image.header["descrip"] = description
         write_atomic(target, lambda path: nib.save(image, path))
     else:
-        write_label_like(reference, result.labels, target)
+        write_label_like(reference, result.labels, target, description=description)
     if save_probabilities and result.probabilities is not None:
         path = _probabilities_path(case, target)
         write_atomic(
