@@ -266,6 +266,12 @@ def predict(
         bool, typer.Option(help="Also write <case>_probabilities.npz (float16).")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists.")] = False,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            help="nifti, dicom-seg or both (default: both for DICOM series, nifti otherwise)."
+        ),
+    ] = None,
 ) -> None:
     """Segment volumes onto their own grid; exit 1 when some cases failed."""
     from medseg.pipelines.predict import predict as run_prediction
@@ -283,6 +289,7 @@ def predict(
         apply_postprocessing=postprocess,
         save_probabilities=save_probabilities,
         overwrite=overwrite,
+        output_format=output_format,
     )
     done = [c for c in report.cases if c.status == "done"]
     skipped = sum(c.status == "skipped" for c in report.cases)

@@ -27,10 +27,12 @@ from medseg.errors import CaseError, ConfigError
 from medseg.files import remove_stale_temporaries, require_outside, write_atomic, write_text_atomic
 from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
 from medseg.pipelines.cases import collect_cases
+from medseg.pipelines.dicom_seg import seg_path, write_dicom_seg
 from medseg.pipelines.inference import resolve_device, resolve_precision
-from medseg.pipelines.label_files import nifti_description, write_label_files
+from medseg.pipelines.label_files import write_label_files
 from medseg.pipelines.label_table import label_table, table_as_data
 from medseg.pipelines.model_dir import open_model
+from medseg.pipelines.output_formats import OutputPlan, plan_outputs, seg_finished
 from medseg.pipelines.segmenter import Segmentation, Segmenter
 from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name, write_label_like
 
@@ -53,6 +55,7 @@ class CaseReport:
     windows: int = 0
     skipped_windows: int = 0
     error: str | None = None
+    dicom_seg: str | None = None
 
 
 @dataclass
@@ -112,6 +115,7 @@ def predict(
     save_probabilities: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
+    output_format: str | None = None,
 ) -> PredictReport:
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
@@ -120,9 +124,10 @@ def predict(
     in a NIfTI's description; ``labels.itksnap.txt`` and ``labels.ctbl`` name them for
     ITK-SNAP and 3D Slicer (see ``label_files``); with ``save_probabilities``
     also ``<case_id>_probabilities.npz`` (float16 ``(C, *spatial)``, channel names,
-    affine). ``predict_report.json`` (``predict_report.rank<R>.json`` under torchrun) lists
-    every case and the model's label table. Raises ``ConfigError`` for an unusable model,
-    input or output folder; per-case failures are in the report.
+    affine); for DICOM series ``<case_id>.seg.dcm`` (``output_format``: see
+    ``output_formats``). ``predict_report.json`` (``predict_report.rank<R>.json`` under
+    torchrun) lists every case and the model's label table. Raises ``ConfigError`` for an
+    unusable model, input or output folder; per-case failures are in the report.
     """
     models = open_models(str(model))
     config = models[0][0]
@@ -134,8 +139,8 @@ def predict(
         raise ConfigError(f"{output_dir}: is an input folder; choose another --output")
     require_writable(output_dir)
     table = label_table(config)
+    outputs = plan_outputs(output_format, table, config, cases)
     write_label_files(output_dir, table)
-    description = nifti_description(table)
     target_device = resolve_device(device)
     segmenter = Segmenter(
         models,
@@ -161,7 +166,13 @@ def predict(
     todo = []
     for case in cases:
         target = output_dir / output_name(case.id, case.image[0])
-        if not overwrite and _finished(case, target, save_probabilities):
+        try:
+            outputs.for_case(case)
+        except CaseError as error:
+            _fail(entry := CaseReport(case.id, "failed"), case, error)
+            report.cases.append(entry)
+            continue
+        if not overwrite and _finished(case, target, save_probabilities, outputs):
             report.cases.append(CaseReport(case.id, "skipped", str(target)))
             _remove_stale_lock(target)
         else:
@@ -174,7 +185,7 @@ def predict(
         ThreadPoolExecutor(1) as reader,
         ThreadPoolExecutor(1) as writer,
     ):
-        claims = _claims(todo, overwrite, save_probabilities, report, advance)
+        claims = _claims(todo, overwrite, save_probabilities, outputs, report, advance)
 
         def load_next() -> tuple[tuple[Case, Path, CaseLock], Future] | None:
             claim = next(claims, None)
@@ -198,9 +209,8 @@ def predict(
                     entry = CaseReport(
                         case.id, "done", str(target), 0.0, result.windows, result.skipped
                     )
-                    job = writer.submit(
-                        _write, case, result, target, save_probabilities, description
-                    )
+                    _name_outputs(entry, case, target, outputs)
+                    job = writer.submit(_write, case, result, target, save_probabilities, outputs)
                 except Exception as error:
                     _fail(entry, case, error)
                     lock.release()
@@ -216,7 +226,7 @@ def predict(
         finally:
             for lock in held:
                 lock.release()
-    _settle_busy_cases(report, {case.id: case for case in cases})
+    _settle_busy_cases(report, {case.id: case for case in cases}, outputs)
     order = {case.id: index for index, case in enumerate(cases)}
     report.cases.sort(key=lambda entry: order.get(entry.case, -1))
     name = REPORT if world == 1 else f"predict_report.rank{rank}.json"
@@ -235,6 +245,7 @@ def _claims(
     todo: list[tuple[Case, Path]],
     overwrite: bool,
     save_probabilities: bool,
+    outputs: OutputPlan,
     report: PredictReport,
     advance: Any,
 ) -> Iterator[tuple[Case, Path, CaseLock]]:
@@ -247,7 +258,7 @@ def _claims(
             report.cases.append(CaseReport(case.id, "skipped", str(target), error=BUSY))
             advance(case.id)
             continue
-        if not overwrite and _finished(case, target, save_probabilities):
+        if not overwrite and _finished(case, target, save_probabilities, outputs):
             lock.release()
             report.cases.append(CaseReport(case.id, "skipped", str(target)))
             advance(case.id)
@@ -275,11 +286,15 @@ def _write_report(path: Path, text: str) -> None:
             lock.release()
 
 
-def _finished(case: Case, target: Path, save_probabilities: bool) -> bool:
-    """Whether ``case`` needs no work: a complete label map and, when probabilities are
-    asked for, a readable ``_probabilities.npz`` of the same grid (a run killed between
-    the two writes leaves the label map alone)."""
-    if not finished_output(target, case.image[0]):
+def _finished(case: Case, target: Path, save_probabilities: bool, outputs: OutputPlan) -> bool:
+    """Whether ``case`` needs no work: a complete label map and DICOM SEG (those of them
+    ``outputs`` asks for) and, when probabilities are asked for, a readable
+    ``_probabilities.npz`` of the same grid (a run killed between the writes leaves the
+    label map alone)."""
+    label_map, dicom_seg = outputs.for_case(case)
+    if label_map and not finished_output(target, case.image[0]):
+        return False
+    if dicom_seg and not seg_finished(seg_path(target.parent, case.id)):
         return False
     if not save_probabilities:
         return True
@@ -290,10 +305,11 @@ def _finished(case: Case, target: Path, save_probabilities: bool) -> bool:
         return False
     from medseg.datasets.headers import inspect_image
 
-    return tuple(shape[1:]) == tuple(inspect_image(target).shape)
+    grid = target if label_map else case.image[0]
+    return tuple(shape[1:]) == tuple(inspect_image(grid).shape)
 
 
-def _settle_busy_cases(report: PredictReport, cases: dict[str, Case]) -> None:
+def _settle_busy_cases(report: PredictReport, cases: dict[str, Case], outputs: OutputPlan) -> None:
     """Bring the cases another run held up to date at the end, so the report of whichever
     run ends last is true: finished since (skipped, as any complete output), still held
     (left as busy), or given up without an output (failed: that run's failure or death)."""
@@ -301,7 +317,7 @@ def _settle_busy_cases(report: PredictReport, cases: dict[str, Case]) -> None:
         if entry.status != "skipped" or entry.error != BUSY or entry.output is None:
             continue
         target, case = Path(entry.output), cases[entry.case]
-        if finished_output(target, case.image[0]):
+        if _finished(case, target, False, outputs):
             entry.error = None
             continue
         lock = try_lock(target)
@@ -339,28 +355,48 @@ def _finish(job: Future, entry: CaseReport, lock: CaseLock) -> None:
     try:
         job.result()
     except Exception as error:  # a write failure (full disk, permissions) fails its case only
-        entry.status, entry.output = "failed", None
+        entry.status, entry.output, entry.dicom_seg = "failed", None, None
         entry.error = f"{entry.case}: cannot write output ({error})"
         logger.error("%s", entry.error)
     finally:
         lock.release()
 
 
+def _name_outputs(entry: CaseReport, case: Case, target: Path, outputs: OutputPlan) -> None:
+    label_map, dicom_seg = outputs.for_case(case)
+    entry.output = str(target) if label_map else None
+    entry.dicom_seg = str(seg_path(target.parent, case.id)) if dicom_seg else None
+
+
 def _write(
-    case: Case, result: Segmentation, target: Path, save_probabilities: bool, description: str
+    case: Case,
+    result: Segmentation,
+    target: Path,
+    save_probabilities: bool,
+    outputs: OutputPlan,
 ) -> None:
     reference = case.image[0]
     kept = (".nii", ".nii.gz", *KEPT_FORMATS)
-    if reference.is_dir() or not reference.name.lower().endswith(kept):
+    label_map, dicom_seg = outputs.for_case(case)
+    if dicom_seg:
+        write_dicom_seg(
+            reference,
+            result.labels,
+            result.affine,
+            outputs.table,
+            seg_path(target.parent, case.id),
+            algorithm=outputs.algorithm,
+        )
+    if label_map and (reference.is_dir() or not reference.name.lower().endswith(kept)):
         import nibabel as nib
 
         image = nib.Nifti1Image(result.labels, result.affine)
         image.set_qform(result.affine, code=1)
         image.set_sform(result.affine, code=1)
-        image.header["descrip"] = description
+        image.header["descrip"] = outputs.description
         write_atomic(target, lambda path: nib.save(image, path))
-    else:
-        write_label_like(reference, result.labels, target, description=description)
+    elif label_map:
+        write_label_like(reference, result.labels, target, description=outputs.description)
     if save_probabilities and result.probabilities is not None:
         path = _probabilities_path(case, target)
         write_atomic(
