@@ -58,7 +58,9 @@ def main_options(
         force=True,
     )
     # MONAI's LoadImage logs an INFO line for every reader that declines a file.
-    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "LoadImage", "torch.onnx"):
+    # highdicom logs every module it copies into a DICOM SEG.
+    noisy_loggers = ("mlflow", "alembic", "urllib3", "matplotlib", "PIL", "LoadImage", "torch.onnx")
+    for noisy in (*noisy_loggers, "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # MONAI warns on every LoadImage that its GPU DICOM decoder is missing: never an error
     # here, DICOM series still load with pydicom's own decoders.
@@ -272,6 +274,16 @@ def predict(
             help="nifti, dicom-seg or both (default: both for DICOM series, nifti otherwise)."
         ),
     ] = None,
+    series_modality: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="DICOM folder trees: modality of the series to segment, repeatable; 'any' "
+            "for all (default: the model's, CT or MR)."
+        ),
+    ] = None,
+    min_slices: Annotated[
+        int, typer.Option(min=1, help="DICOM folder trees: fewest images a series needs.")
+    ] = 5,
 ) -> None:
     """Segment volumes onto their own grid; exit 1 when some cases failed."""
     from medseg.pipelines.predict import predict as run_prediction
@@ -290,6 +302,8 @@ def predict(
         save_probabilities=save_probabilities,
         overwrite=overwrite,
         output_format=output_format,
+        series_modalities=series_modality,
+        min_slices=min_slices,
     )
     done = [c for c in report.cases if c.status == "done"]
     skipped = sum(c.status == "skipped" for c in report.cases)
@@ -304,6 +318,12 @@ def predict(
     for case in report.cases:
         if case.status == "failed":
             console.print(f"[red]failed[/red] {case.error}", highlight=False)
+    if report.skipped_inputs:
+        console.print(
+            f"{report.skipped_inputs} files or series of DICOM folder trees skipped "
+            f"(reasons in {output / 'predict_report.json'})",
+            highlight=False,
+        )
     if report.failed:
         raise typer.Exit(1)
 

@@ -53,26 +53,30 @@ class OutputPlan:
         return self.output_format != "dicom-seg", self.output_format != "nifti"
 
 
-def plan_outputs(
-    output_format: str | None, table: list[LabelEntry], config: Any, cases: list[Case]
-) -> OutputPlan:
-    """The ``OutputPlan`` for a prediction with model ``config`` over ``cases``.
-
-    Raises ``ConfigError`` for an unknown format, or a SEG asked for without highdicom
-    (the ``dicom`` extra). Without it and without a format, DICOM cases get label maps
-    only, with one warning.
-    """
+def require_output_format(output_format: str | None) -> None:
+    """Raise ``ConfigError`` for an unknown format, or a SEG asked for without highdicom
+    (the ``dicom`` extra)."""
     from medseg.pipelines.dicom_seg import highdicom_available
 
     if output_format is not None and output_format not in OUTPUT_FORMATS:
         raise ConfigError(
             f"--output-format {output_format}: unknown (use {', '.join(OUTPUT_FORMATS)})"
         )
-    ready = highdicom_available()
-    if not ready and output_format in ("dicom-seg", "both"):
+    if output_format in ("dicom-seg", "both") and not highdicom_available():
         raise ConfigError(
             f"--output-format {output_format} needs highdicom: pip install 'medseg[dicom]'"
         )
+
+
+def plan_outputs(
+    output_format: str | None, table: list[LabelEntry], config: Any, cases: list[Case]
+) -> OutputPlan:
+    """The ``OutputPlan`` for a prediction with model ``config`` over ``cases``, for a
+    format ``require_output_format`` accepted. Without highdicom and without a format,
+    DICOM cases get label maps only, with one warning."""
+    from medseg.pipelines.dicom_seg import highdicom_available
+
+    ready = highdicom_available()
     if not ready and output_format is None and any(is_dicom_series(case) for case in cases):
         logger.warning("DICOM input: writing label maps only (DICOM SEG needs medseg[dicom])")
     algorithm = f"medseg {config.network.name}"

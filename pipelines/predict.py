@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from medseg.datasets.base import Case
+from medseg.datasets.dicom_tree import report_skipped_inputs, series_rules
 from medseg.errors import CaseError, ConfigError
 from medseg.files import remove_stale_temporaries, require_outside, write_atomic, write_text_atomic
 from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
@@ -32,7 +33,12 @@ from medseg.pipelines.inference import resolve_device, resolve_precision
 from medseg.pipelines.label_files import write_label_files
 from medseg.pipelines.label_table import label_table, table_as_data
 from medseg.pipelines.model_dir import open_model
-from medseg.pipelines.output_formats import OutputPlan, plan_outputs, seg_finished
+from medseg.pipelines.output_formats import (
+    OutputPlan,
+    plan_outputs,
+    require_output_format,
+    seg_finished,
+)
 from medseg.pipelines.segmenter import Segmentation, Segmenter
 from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name, write_label_like
 
@@ -60,10 +66,12 @@ class CaseReport:
 
 @dataclass
 class PredictReport:
-    """Every case of a ``predict`` call (this rank's share), in input order."""
+    """Every case of a ``predict`` call (this rank's share), in input order, and how many
+    files or series of DICOM folder trees were left out (``skipped_inputs``)."""
 
     model: str
     cases: list[CaseReport] = field(default_factory=list)
+    skipped_inputs: int = 0
 
     @property
     def failed(self) -> int:
@@ -116,6 +124,8 @@ def predict(
     overwrite: bool = False,
     show_progress: bool = True,
     output_format: str | None = None,
+    series_modalities: list[str] | None = None,
+    min_slices: int = 5,
 ) -> PredictReport:
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
@@ -126,12 +136,17 @@ def predict(
     also ``<case_id>_probabilities.npz`` (float16 ``(C, *spatial)``, channel names,
     affine); for DICOM series ``<case_id>.seg.dcm`` (``output_format``: see
     ``output_formats``). ``predict_report.json`` (``predict_report.rank<R>.json`` under
-    torchrun) lists every case and the model's label table. Raises ``ConfigError`` for an
-    unusable model, input or output folder; per-case failures are in the report.
+    torchrun) lists every case, the model's label table and what DICOM folder trees left out
+    (``series_modalities`` and ``min_slices`` select their series: see ``series_rules``).
+    Raises ``ConfigError`` for an unusable model, input or output folder; per-case failures
+    are in the report.
     """
+    require_output_format(output_format)
     models = open_models(str(model))
     config = models[0][0]
-    inputs_found = collect_cases(inputs, config.preprocessing.layout)
+    rules = series_rules(config.preprocessing.modality, series_modalities, min_slices)
+    inputs_found = collect_cases(inputs, config.preprocessing.layout, rules)
+    report_skipped_inputs(inputs_found.skipped)
     cases, rank, world = shard(inputs_found.cases)
     output_dir = Path(output_dir)
     require_outside(output_dir, sorted(inputs_found.roots), "--output")
@@ -155,7 +170,7 @@ def predict(
     # The segmenter holds the networks it runs (on the CPU, channels-last copies); the loaded
     # ones need not stay in memory beside them.
     del models
-    report = PredictReport(model=str(model))
+    report = PredictReport(model=str(model), skipped_inputs=len(inputs_found.skipped))
     for problem in shard(inputs_found.problems)[0]:
         # A case the layout rejected (a missing channel, a path leaving the root) fails by
         # name, like a case that cannot be read.
@@ -235,6 +250,9 @@ def predict(
         "rank": rank,
         "world_size": world,
         "label_table": table_as_data(table),
+        "skipped_inputs": [
+            {"path": str(item.path), "reason": item.reason} for item in inputs_found.skipped
+        ],
         "cases": [asdict(c) for c in report.cases],
     }
     _write_report(output_dir / name, json.dumps(payload, indent=1))
