@@ -188,7 +188,8 @@ def predict(
             report.cases.append(entry)
             continue
         if not overwrite and _finished(case, target, save_probabilities, outputs):
-            report.cases.append(CaseReport(case.id, "skipped", str(target)))
+            report.cases.append(entry := CaseReport(case.id, "skipped"))
+            _name_outputs(entry, case, target, outputs)
             _remove_stale_lock(target)
         else:
             todo.append((case, target))
@@ -278,7 +279,8 @@ def _claims(
             continue
         if not overwrite and _finished(case, target, save_probabilities, outputs):
             lock.release()
-            report.cases.append(CaseReport(case.id, "skipped", str(target)))
+            report.cases.append(entry := CaseReport(case.id, "skipped"))
+            _name_outputs(entry, case, target, outputs)
             advance(case.id)
             continue
         remove_stale_temporaries(target)

@@ -96,6 +96,12 @@ def test_predict_writes_seg_and_nifti_for_dicom_and_refuses_seg_for_nifti(
     seg = highdicom.seg.segread(case["dicom_seg"])
     assert [d.segment_label for d in seg.SegmentSequence] == ["Liver", "Liver tumour"]
 
+    only_seg = ("--output", tmp_path / "seg", "--output-format", "dicom-seg")
+    assert medseg_cli("predict", ct_model_dir, tmp_path / "series", *only_seg).code == 0
+    assert not list((tmp_path / "seg").glob("*.nii.gz"))
+    rerun = medseg_cli("predict", ct_model_dir, tmp_path / "series", *only_seg)
+    assert "0 segmented, 1 already done" in rerun.out
+
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), tmp_path / "v.nii.gz")
     result = medseg_cli(
         "predict",
