@@ -113,7 +113,7 @@ def _segment_frames(
     if labels.ndim != 3 or labels.shape[2] != count:
         raise CaseError(
             f"{series_folder}: label map of shape {labels.shape} does not match the series' "
-            f"{count} images"
+            f"{count} files (DICOM SEG output needs one file per slice)"
         )
     numbers = np.zeros(256, dtype=np.uint8)
     for number, entry in enumerate(table, start=1):
