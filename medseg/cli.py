@@ -262,6 +262,22 @@ def predict(
         bool, typer.Option(help="Also write <case>_probabilities.npz (float16).")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists.")] = False,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            help="nifti, dicom-seg or both (default: both for DICOM series, nifti otherwise)."
+        ),
+    ] = None,
+    series_modality: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="DICOM folder trees: modality of the series to segment, repeatable; 'any' "
+            "for all (default: the model's, CT or MR)."
+        ),
+    ] = None,
+    min_slices: Annotated[
+        int, typer.Option(min=1, help="DICOM folder trees: fewest images a series needs.")
+    ] = 5,
 ) -> None:
     """Segment volumes onto their own grid; exit 1 when some cases failed."""
     from medseg.pipelines.predict import predict as run_prediction
@@ -279,6 +295,9 @@ def predict(
         apply_postprocessing=postprocess,
         save_probabilities=save_probabilities,
         overwrite=overwrite,
+        output_format=output_format,
+        series_modalities=series_modality,
+        min_slices=min_slices,
     )
     done = [c for c in report.cases if c.status == "done"]
     skipped = sum(c.status == "skipped" for c in report.cases)
@@ -293,6 +312,12 @@ def predict(
     for case in report.cases:
         if case.status == "failed":
             console.print(f"[red]failed[/red] {case.error}", highlight=False)
+    if report.skipped_inputs:
+        console.print(
+            f"{report.skipped_inputs} files or series of DICOM folder trees skipped "
+            f"(reasons in {output / 'predict_report.json'})",
+            highlight=False,
+        )
     if report.failed:
         raise typer.Exit(1)
 

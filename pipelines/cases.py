@@ -8,6 +8,12 @@ from pathlib import Path
 
 from medseg.datasets import LAYOUTS, discover
 from medseg.datasets.base import Case, CaseProblem
+from medseg.datasets.dicom_tree import (
+    SeriesRules,
+    SkippedInput,
+    discover_dicom_tree,
+    holds_dicom_below,
+)
 from medseg.datasets.headers import IMAGE_SUFFIXES, quiet_itk
 from medseg.errors import ConfigError
 
@@ -18,13 +24,15 @@ class Inputs:
     cases a layout's discovery left out (each a failed case, never a silent omission),
     ``roots``: folders given as inputs and dataset roots, which an output may not be or lie
     inside, and ``read_folders``: the folders of every image and label read, which an
-    output may not be (a new folder beside or below input files is fine).
+    output may not be (a new folder beside or below input files is fine); ``skipped``:
+    the files and series of DICOM folder trees left out, each with its reason.
     """
 
     cases: list[Case] = field(default_factory=list)
     problems: list[CaseProblem] = field(default_factory=list)
     roots: set[Path] = field(default_factory=set)
     read_folders: set[Path] = field(default_factory=set)
+    skipped: list[SkippedInput] = field(default_factory=list)
 
 
 def strip_suffix(path: Path) -> str:
@@ -46,7 +54,7 @@ def _expand(text: str) -> list[Path]:
     return matches
 
 
-def _folder_cases(folder: Path, layout: str, inputs: Inputs) -> list[Case]:
+def _folder_cases(folder: Path, layout: str, inputs: Inputs, rules: SeriesRules) -> list[Case]:
     if layout in LAYOUTS and layout != "folder":
         try:
             index = discover(layout, folder, need_labels=False)
@@ -65,6 +73,10 @@ def _folder_cases(folder: Path, layout: str, inputs: Inputs) -> list[Case]:
     )
     if not files and _holds_dicom_series(folder):
         return [Case(folder.name, (folder,))]
+    if not files and holds_dicom_below(folder):
+        tree = discover_dicom_tree(folder, rules)
+        inputs.skipped += tree.skipped
+        return [Case(series.case_id, (series.folder,)) for series in tree.series]
     return [Case(strip_suffix(p), (p,)) for p in files]
 
 
@@ -73,15 +85,16 @@ def _is_dicom(path: Path) -> bool:
     return path.name.lower().endswith(".dcm")
 
 
-def collect_cases(inputs: list[str], layout: str) -> Inputs:
+def collect_cases(inputs: list[str], layout: str, rules: SeriesRules | None = None) -> Inputs:
     """Every case named by ``inputs``, in order, without duplicates (see ``Inputs``).
 
     A file is one case (its id is the name without suffix); a folder is read in the
     model's ``layout`` when it is one (a BraTS root or case folder gives multi-channel
     cases, and every case the layout rejects is a problem), else as a folder of image
-    files, else as one DICOM series (the largest when there are several); other text is a
-    glob. Raises ``ConfigError`` for an input that matches nothing or a folder with no
-    image and no rejected case.
+    files, else as one DICOM series (the largest when there are several), else as a DICOM
+    folder tree (patient/study/series) whose series that pass ``rules`` (default: any
+    modality, 5 images or more) are cases; other text is a glob. Raises ``ConfigError``
+    for an input that matches nothing or a folder with no image and no rejected case.
     """
     found_inputs = Inputs()
     seen: dict[str, Path] = {}
@@ -93,7 +106,7 @@ def collect_cases(inputs: list[str], layout: str) -> Inputs:
                 found_inputs.read_folders.add(path.parent)
             before = len(found_inputs.problems)
             found = (
-                _folder_cases(path, layout, found_inputs)
+                _folder_cases(path, layout, found_inputs, rules or SeriesRules())
                 if path.is_dir()
                 else [Case(strip_suffix(path), (path,))]
             )

@@ -192,6 +192,10 @@ def parse_model_config(text: str, source: str) -> ModelConfig:
     except ValidationError as error:
         reason = describe_validation_error(error)
         raise ConfigError(f"{source}: not a medseg model config ({reason})") from None
+    if "table" in config.labels:
+        from medseg.pipelines.label_table import parse_label_table
+
+        parse_label_table(config.labels["table"], config.scheme, source)
     # Provenance (training metrics, dataset statistics) is a record, not a setting: a NaN
     # there changes nothing the model computes.
     key = non_finite_key(config.model_dump(exclude={"provenance"}))

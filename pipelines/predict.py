@@ -23,12 +23,22 @@ from typing import Any
 import numpy as np
 
 from medseg.datasets.base import Case
+from medseg.datasets.dicom_tree import report_skipped_inputs, series_rules
 from medseg.errors import CaseError, ConfigError
 from medseg.files import remove_stale_temporaries, require_outside, write_atomic, write_text_atomic
 from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
 from medseg.pipelines.cases import collect_cases
+from medseg.pipelines.dicom_seg import seg_path, write_dicom_seg
 from medseg.pipelines.inference import resolve_device, resolve_precision
+from medseg.pipelines.label_files import write_label_files
+from medseg.pipelines.label_table import label_table, table_as_data
 from medseg.pipelines.model_dir import open_model
+from medseg.pipelines.output_formats import (
+    OutputPlan,
+    plan_outputs,
+    require_output_format,
+    seg_finished,
+)
 from medseg.pipelines.segmenter import Segmentation, Segmenter
 from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name, write_label_like
 
@@ -51,14 +61,17 @@ class CaseReport:
     windows: int = 0
     skipped_windows: int = 0
     error: str | None = None
+    dicom_seg: str | None = None
 
 
 @dataclass
 class PredictReport:
-    """Every case of a ``predict`` call (this rank's share), in input order."""
+    """Every case of a ``predict`` call (this rank's share), in input order, and how many
+    files or series of DICOM folder trees were left out (``skipped_inputs``)."""
 
     model: str
     cases: list[CaseReport] = field(default_factory=list)
+    skipped_inputs: int = 0
 
     @property
     def failed(self) -> int:
@@ -110,25 +123,39 @@ def predict(
     save_probabilities: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
+    output_format: str | None = None,
+    series_modalities: list[str] | None = None,
+    min_slices: int = 5,
 ) -> PredictReport:
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
     Outputs are ``<case_id>.nii.gz`` (``.mha``/``.nrrd`` for such inputs): uint8 label maps
-    in the dataset's label values on the input's exact grid; with ``save_probabilities``
+    in the dataset's label values on the input's exact grid, the values' abbreviated names
+    in a NIfTI's description; ``labels.itksnap.txt`` and ``labels.ctbl`` name them for
+    ITK-SNAP and 3D Slicer (see ``label_files``); with ``save_probabilities``
     also ``<case_id>_probabilities.npz`` (float16 ``(C, *spatial)``, channel names,
-    affine). ``predict_report.json`` (``predict_report.rank<R>.json`` under torchrun) lists
-    every case. Raises ``ConfigError`` for an unusable model, input or output folder;
-    per-case failures are in the report.
+    affine); for DICOM series ``<case_id>.seg.dcm`` (``output_format``: see
+    ``output_formats``). ``predict_report.json`` (``predict_report.rank<R>.json`` under
+    torchrun) lists every case, the model's label table and what DICOM folder trees left out
+    (``series_modalities`` and ``min_slices`` select their series: see ``series_rules``).
+    Raises ``ConfigError`` for an unusable model, input or output folder; per-case failures
+    are in the report.
     """
+    require_output_format(output_format)
     models = open_models(str(model))
     config = models[0][0]
-    inputs_found = collect_cases(inputs, config.preprocessing.layout)
+    rules = series_rules(config.preprocessing.modality, series_modalities, min_slices)
+    inputs_found = collect_cases(inputs, config.preprocessing.layout, rules)
+    report_skipped_inputs(inputs_found.skipped)
     cases, rank, world = shard(inputs_found.cases)
     output_dir = Path(output_dir)
     require_outside(output_dir, sorted(inputs_found.roots), "--output")
     if output_dir.resolve() in {folder.resolve() for folder in inputs_found.read_folders}:
         raise ConfigError(f"{output_dir}: is an input folder; choose another --output")
     require_writable(output_dir)
+    table = label_table(config)
+    outputs = plan_outputs(output_format, table, config, cases)
+    write_label_files(output_dir, table)
     target_device = resolve_device(device)
     segmenter = Segmenter(
         models,
@@ -143,7 +170,7 @@ def predict(
     # The segmenter holds the networks it runs (on the CPU, channels-last copies); the loaded
     # ones need not stay in memory beside them.
     del models
-    report = PredictReport(model=str(model))
+    report = PredictReport(model=str(model), skipped_inputs=len(inputs_found.skipped))
     for problem in shard(inputs_found.problems)[0]:
         # A case the layout rejected (a missing channel, a path leaving the root) fails by
         # name, like a case that cannot be read.
@@ -154,8 +181,15 @@ def predict(
     todo = []
     for case in cases:
         target = output_dir / output_name(case.id, case.image[0])
-        if not overwrite and _finished(case, target, save_probabilities):
-            report.cases.append(CaseReport(case.id, "skipped", str(target)))
+        try:
+            outputs.for_case(case)
+        except CaseError as error:
+            _fail(entry := CaseReport(case.id, "failed"), case, error)
+            report.cases.append(entry)
+            continue
+        if not overwrite and _finished(case, target, save_probabilities, outputs):
+            report.cases.append(entry := CaseReport(case.id, "skipped"))
+            _name_outputs(entry, case, target, outputs)
             _remove_stale_lock(target)
         else:
             todo.append((case, target))
@@ -167,7 +201,7 @@ def predict(
         ThreadPoolExecutor(1) as reader,
         ThreadPoolExecutor(1) as writer,
     ):
-        claims = _claims(todo, overwrite, save_probabilities, report, advance)
+        claims = _claims(todo, overwrite, save_probabilities, outputs, report, advance)
 
         def load_next() -> tuple[tuple[Case, Path, CaseLock], Future] | None:
             claim = next(claims, None)
@@ -191,7 +225,8 @@ def predict(
                     entry = CaseReport(
                         case.id, "done", str(target), 0.0, result.windows, result.skipped
                     )
-                    job = writer.submit(_write, case, result, target, save_probabilities)
+                    _name_outputs(entry, case, target, outputs)
+                    job = writer.submit(_write, case, result, target, save_probabilities, outputs)
                 except Exception as error:
                     _fail(entry, case, error)
                     lock.release()
@@ -207,7 +242,7 @@ def predict(
         finally:
             for lock in held:
                 lock.release()
-    _settle_busy_cases(report, {case.id: case for case in cases})
+    _settle_busy_cases(report, {case.id: case for case in cases}, outputs)
     order = {case.id: index for index, case in enumerate(cases)}
     report.cases.sort(key=lambda entry: order.get(entry.case, -1))
     name = REPORT if world == 1 else f"predict_report.rank{rank}.json"
@@ -215,6 +250,10 @@ def predict(
         "model": report.model,
         "rank": rank,
         "world_size": world,
+        "label_table": table_as_data(table),
+        "skipped_inputs": [
+            {"path": str(item.path), "reason": item.reason} for item in inputs_found.skipped
+        ],
         "cases": [asdict(c) for c in report.cases],
     }
     _write_report(output_dir / name, json.dumps(payload, indent=1))
@@ -225,6 +264,7 @@ def _claims(
     todo: list[tuple[Case, Path]],
     overwrite: bool,
     save_probabilities: bool,
+    outputs: OutputPlan,
     report: PredictReport,
     advance: Any,
 ) -> Iterator[tuple[Case, Path, CaseLock]]:
@@ -237,9 +277,10 @@ def _claims(
             report.cases.append(CaseReport(case.id, "skipped", str(target), error=BUSY))
             advance(f"{case.id} skipped")
             continue
-        if not overwrite and _finished(case, target, save_probabilities):
+        if not overwrite and _finished(case, target, save_probabilities, outputs):
             lock.release()
-            report.cases.append(CaseReport(case.id, "skipped", str(target)))
+            report.cases.append(entry := CaseReport(case.id, "skipped"))
+            _name_outputs(entry, case, target, outputs)
             advance(f"{case.id} skipped")
             continue
         remove_stale_temporaries(target)
@@ -265,11 +306,15 @@ def _write_report(path: Path, text: str) -> None:
             lock.release()
 
 
-def _finished(case: Case, target: Path, save_probabilities: bool) -> bool:
-    """Whether ``case`` needs no work: a complete label map and, when probabilities are
-    asked for, a readable ``_probabilities.npz`` of the same grid (a run killed between
-    the two writes leaves the label map alone)."""
-    if not finished_output(target, case.image[0]):
+def _finished(case: Case, target: Path, save_probabilities: bool, outputs: OutputPlan) -> bool:
+    """Whether ``case`` needs no work: a complete label map and DICOM SEG (those of them
+    ``outputs`` asks for) and, when probabilities are asked for, a readable
+    ``_probabilities.npz`` of the same grid (a run killed between the writes leaves the
+    label map alone)."""
+    label_map, dicom_seg = outputs.for_case(case)
+    if label_map and not finished_output(target, case.image[0]):
+        return False
+    if dicom_seg and not seg_finished(seg_path(target.parent, case.id)):
         return False
     if not save_probabilities:
         return True
@@ -280,10 +325,11 @@ def _finished(case: Case, target: Path, save_probabilities: bool) -> bool:
         return False
     from medseg.datasets.headers import inspect_image
 
-    return tuple(shape[1:]) == tuple(inspect_image(target).shape)
+    grid = target if label_map else case.image[0]
+    return tuple(shape[1:]) == tuple(inspect_image(grid).shape)
 
 
-def _settle_busy_cases(report: PredictReport, cases: dict[str, Case]) -> None:
+def _settle_busy_cases(report: PredictReport, cases: dict[str, Case], outputs: OutputPlan) -> None:
     """Bring the cases another run held up to date at the end, so the report of whichever
     run ends last is true: finished since (skipped, as any complete output), still held
     (left as busy), or given up without an output (failed: that run's failure or death)."""
@@ -291,7 +337,7 @@ def _settle_busy_cases(report: PredictReport, cases: dict[str, Case]) -> None:
         if entry.status != "skipped" or entry.error != BUSY or entry.output is None:
             continue
         target, case = Path(entry.output), cases[entry.case]
-        if finished_output(target, case.image[0]):
+        if _finished(case, target, False, outputs):
             entry.error = None
             continue
         lock = try_lock(target)
@@ -329,25 +375,48 @@ def _finish(job: Future, entry: CaseReport, lock: CaseLock) -> None:
     try:
         job.result()
     except Exception as error:  # a write failure (full disk, permissions) fails its case only
-        entry.status, entry.output = "failed", None
+        entry.status, entry.output, entry.dicom_seg = "failed", None, None
         entry.error = f"{entry.case}: cannot write output ({error})"
         logger.error("%s", entry.error)
     finally:
         lock.release()
 
 
-def _write(case: Case, result: Segmentation, target: Path, save_probabilities: bool) -> None:
+def _name_outputs(entry: CaseReport, case: Case, target: Path, outputs: OutputPlan) -> None:
+    label_map, dicom_seg = outputs.for_case(case)
+    entry.output = str(target) if label_map else None
+    entry.dicom_seg = str(seg_path(target.parent, case.id)) if dicom_seg else None
+
+
+def _write(
+    case: Case,
+    result: Segmentation,
+    target: Path,
+    save_probabilities: bool,
+    outputs: OutputPlan,
+) -> None:
     reference = case.image[0]
     kept = (".nii", ".nii.gz", *KEPT_FORMATS)
-    if reference.is_dir() or not reference.name.lower().endswith(kept):
+    label_map, dicom_seg = outputs.for_case(case)
+    if dicom_seg:
+        write_dicom_seg(
+            reference,
+            result.labels,
+            result.affine,
+            outputs.table,
+            seg_path(target.parent, case.id),
+            algorithm=outputs.algorithm,
+        )
+    if label_map and (reference.is_dir() or not reference.name.lower().endswith(kept)):
         import nibabel as nib
 
         image = nib.Nifti1Image(result.labels, result.affine)
         image.set_qform(result.affine, code=1)
         image.set_sform(result.affine, code=1)
+        image.header["descrip"] = outputs.description
         write_atomic(target, lambda path: nib.save(image, path))
-    else:
-        write_label_like(reference, result.labels, target)
+    elif label_map:
+        write_label_like(reference, result.labels, target, description=outputs.description)
     if save_probabilities and result.probabilities is not None:
         path = _probabilities_path(case, target)
         write_atomic(

@@ -47,7 +47,9 @@ def finished_output(target: Path, reference: Path) -> bool:
     return output.affine is not None and bool(np.allclose(output.affine, source.affine, atol=1e-3))
 
 
-def nifti_label_image(source: nib.spatialimages.SpatialImage, labels: np.ndarray) -> Any:
+def nifti_label_image(
+    source: nib.spatialimages.SpatialImage, labels: np.ndarray, description: str | None = None
+) -> Any:
     """A NIfTI image of ``labels`` (uint8, ``source``'s spatial shape in its index order)
     with ``source``'s header geometry as stored, intensity scaling cleared."""
     labels = np.asarray(labels, dtype=np.uint8)
@@ -55,6 +57,8 @@ def nifti_label_image(source: nib.spatialimages.SpatialImage, labels: np.ndarray
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(None, None)
     header.set_data_shape(labels.shape)
+    if description is not None:
+        header["descrip"] = description
     # No affine: the header's own geometry fields (qform and sform codes, quaternion,
     # offsets, srow rows, pixdim and qfac) are written as they are. Going through
     # get_qform/set_qform recomputed them, and failed on a real file whose unused
@@ -62,17 +66,20 @@ def nifti_label_image(source: nib.spatialimages.SpatialImage, labels: np.ndarray
     return type(source)(labels, None, header=header)
 
 
-def write_label_like(reference: Path, labels: np.ndarray, target: Path) -> Path:
+def write_label_like(
+    reference: Path, labels: np.ndarray, target: Path, *, description: str | None = None
+) -> Path:
     """Write ``labels`` (uint8, the reference's spatial shape in file index order) to
     ``target`` with the reference file's geometry, atomically.
 
     NIfTI: the reference header's geometry fields (qform/sform, their codes, pixdim)
     are copied as stored, intensity scaling is cleared and the data type is uint8. Other
-    formats: origin, spacing and direction copied by SimpleITK.
+    formats: origin, spacing and direction copied by SimpleITK. ``description`` (at most 80
+    ASCII characters) replaces a NIfTI header's ``descrip``.
     """
     labels = np.asarray(labels, dtype=np.uint8)
     if target.name.endswith((".nii", ".nii.gz")):
-        image = nifti_label_image(nib.load(reference), labels)
+        image = nifti_label_image(nib.load(reference), labels, description)
         return write_atomic(target, lambda path: nib.save(image, path))
     import SimpleITK as sitk
 

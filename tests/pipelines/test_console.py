@@ -19,6 +19,11 @@ def restore_logging(monkeypatch):
     it sets, the warning filters, the root logger's handlers and level."""
     root = logging.getLogger()
     level = root.level
+    # Another test's command may have configured the console: its handlers would print
+    # every line twice here.
+    earlier = [h for h in root.handlers if any(isinstance(f, console._Audience) for f in h.filters)]
+    for handler in earlier:
+        root.removeHandler(handler)
     monkeypatch.setattr(console, "_current", None)
     monkeypatch.setattr(console, "_installed", [])
     for key in console._QUIET_ENVIRONMENT:
@@ -28,6 +33,8 @@ def restore_logging(monkeypatch):
     for handler in console._installed:
         root.removeHandler(handler)
         handler.close()
+    for handler in earlier:
+        root.addHandler(handler)
     root.setLevel(level)
 
 

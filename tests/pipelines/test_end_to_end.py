@@ -35,6 +35,7 @@ def test_synth_train_predict_evaluate(tmp_path, brats_phantoms, mlflow_uri, meds
     config = tmp_path / "tiny.yaml"
     settings = TINY_RUN | {"output": str(tmp_path / "run")}
     settings["data"] = settings["data"] | {"root": str(brats_phantoms["train"])}
+    settings["label_table"] = {"ET": {"name": "Enhancing tumor", "colour": [0, 0, 255]}}
     config.write_text(yaml.safe_dump(settings))
 
     trained = medseg_cli("train", config)
@@ -42,8 +43,17 @@ def test_synth_train_predict_evaluate(tmp_path, brats_phantoms, mlflow_uri, meds
     model = tmp_path / "run" / "model"
     assert sorted(p.name for p in model.iterdir()) == ["config.yaml", "weights.safetensors"]
 
+    stored = yaml.safe_load((model / "config.yaml").read_text())["labels"]["table"]
+    assert [(entry["value"], entry["name"]) for entry in stored] == [
+        (1, "Necrotic tumour core"),
+        (2, "Peritumoural oedema"),
+        (4, "Enhancing tumor"),
+    ]
+
     predicted = medseg_cli("predict", model, brats_phantoms["test"], "--output", tmp_path / "pred")
     assert predicted.code == 0, predicted.err
+    label_names = (tmp_path / "pred" / "labels.itksnap.txt").read_text().splitlines()
+    assert '4 0 0 255 1 1 1 "Enhancing tumor"' in label_names
     test_cases = discover("brats", brats_phantoms["test"]).cases
     for case in test_cases:
         source = nib.load(case.image[0])
