@@ -18,19 +18,23 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medseg.datasets.base import Case
+from medseg.datasets.base import Case, CaseProblem
 from medseg.errors import CaseError, ConfigError
 from medseg.files import remove_stale_temporaries, require_outside, write_atomic, write_text_atomic
 from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
 from medseg.pipelines.cases import collect_cases
 from medseg.pipelines.inference import resolve_device, resolve_precision
 from medseg.pipelines.model_dir import open_model
+from medseg.pipelines.parts import Part
 from medseg.pipelines.segmenter import Segmentation, Segmenter
 from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name, write_label_like
+
+if TYPE_CHECKING:
+    from medseg.pipelines.ray_predict import RayOptions
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +114,8 @@ def predict(
     save_probabilities: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
+    part: Part | None = None,
+    ray: RayOptions | None = None,
 ) -> PredictReport:
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
@@ -117,18 +123,46 @@ def predict(
     in the dataset's label values on the input's exact grid; with ``save_probabilities``
     also ``<case_id>_probabilities.npz`` (float16 ``(C, *spatial)``, channel names,
     affine). ``predict_report.json`` (``predict_report.rank<R>.json`` under torchrun) lists
-    every case. Raises ``ConfigError`` for an unusable model, input or output folder;
-    per-case failures are in the report.
+    every case. ``part`` takes one part of the sorted case list (its report is
+    ``predict_report.part-I-of-N.json``, see ``pipelines/parts.py``); ``ray`` segments on a
+    Ray cluster instead of in this process (see ``pipelines/ray_predict.py``). Raises
+    ``ConfigError`` for an unusable model, input or output folder; per-case failures are in
+    the report.
     """
+    if ray is not None:
+        model, inputs, output_dir = ray.reachable_paths(model, inputs, output_dir)
     models = open_models(str(model))
     config = models[0][0]
     inputs_found = collect_cases(inputs, config.preprocessing.layout)
-    cases, rank, world = shard(inputs_found.cases)
+    part = part or Part()
+    cohort = [case.id for case in inputs_found.cases]
+    cohort += [problem.case_id for problem in inputs_found.problems]
+    owned = part.owns(cohort)
+    cases, rank, world = shard([case for case in inputs_found.cases if case.id in owned])
+    problems = shard([problem for problem in inputs_found.problems if problem.case_id in owned])[0]
     output_dir = Path(output_dir)
     require_outside(output_dir, sorted(inputs_found.roots), "--output")
     if output_dir.resolve() in {folder.resolve() for folder in inputs_found.read_folders}:
         raise ConfigError(f"{output_dir}: is an input folder; choose another --output")
     require_writable(output_dir)
+    report_name = part.report_name() if world == 1 else f"predict_report.rank{rank}.json"
+    if world > 1 and not part.whole:
+        report_name = part.report_name(f"predict_report.rank{rank}")
+    sharding = {"rank": rank, "world_size": world, "part_id": part.part_id}
+    sharding |= {"num_parts": part.num_parts, "cohort": sorted(cohort)}
+    if ray is not None:
+        from medseg.pipelines.ray_predict import predict_on_ray
+
+        del models
+        settings = {"overlap": overlap, "prune_level": prune_level, "device": device}
+        settings |= {"precision": precision, "tta": tta, "skip_empty": skip_empty}
+        settings |= {"apply_postprocessing": apply_postprocessing}
+        settings |= {"save_probabilities": save_probabilities, "overwrite": overwrite}
+        report = start_report(str(model), problems)
+        todo = pending_cases(cases, output_dir, overwrite, save_probabilities, report)
+        report.cases += predict_on_ray(ray, str(model), todo, settings, show_progress)
+        save_report(report, cases, output_dir / report_name, sharding)
+        return report
     target_device = resolve_device(device)
     segmenter = Segmenter(
         models,
@@ -143,22 +177,8 @@ def predict(
     # The segmenter holds the networks it runs (on the CPU, channels-last copies); the loaded
     # ones need not stay in memory beside them.
     del models
-    report = PredictReport(model=str(model))
-    for problem in shard(inputs_found.problems)[0]:
-        # A case the layout rejected (a missing channel, a path leaving the root) fails by
-        # name, like a case that cannot be read.
-        logger.error("%s", problem)
-        report.cases.append(
-            CaseReport(problem.case_id, "failed", error=f"{problem.path}: {problem.reason}")
-        )
-    todo = []
-    for case in cases:
-        target = output_dir / output_name(case.id, case.image[0])
-        if not overwrite and _finished(case, target, save_probabilities):
-            report.cases.append(CaseReport(case.id, "skipped", str(target)))
-            _remove_stale_lock(target)
-        else:
-            todo.append((case, target))
+    report = start_report(str(model), problems)
+    todo = pending_cases(cases, output_dir, overwrite, save_probabilities, report)
     from medseg.pipelines.progress import task_progress
 
     held: list[CaseLock] = []
@@ -207,18 +227,52 @@ def predict(
         finally:
             for lock in held:
                 lock.release()
+    save_report(report, cases, output_dir / report_name, sharding)
+    return report
+
+
+def start_report(model: str, problems: list[CaseProblem]) -> PredictReport:
+    """A new report of ``model`` in which every case a layout rejected (a missing channel,
+    a path leaving the root) has failed by name, like a case that cannot be read."""
+    report = PredictReport(model=model)
+    for problem in problems:
+        logger.error("%s", problem)
+        report.cases.append(
+            CaseReport(problem.case_id, "failed", error=f"{problem.path}: {problem.reason}")
+        )
+    return report
+
+
+def pending_cases(
+    cases: list[Case],
+    output_dir: Path,
+    overwrite: bool,
+    save_probabilities: bool,
+    report: PredictReport,
+) -> list[tuple[Case, Path]]:
+    """The ``(case, output path)`` pairs still to segment; each case with a complete output
+    (unless ``overwrite``) is reported as skipped instead."""
+    todo = []
+    for case in cases:
+        target = output_dir / output_name(case.id, case.image[0])
+        if not overwrite and _finished(case, target, save_probabilities):
+            report.cases.append(CaseReport(case.id, "skipped", str(target)))
+            _remove_stale_lock(target)
+        else:
+            todo.append((case, target))
+    return todo
+
+
+def save_report(
+    report: PredictReport, cases: list[Case], path: Path, sharding: dict[str, Any]
+) -> None:
+    """Settle the cases other runs held, put the entries in input order and write the
+    report to ``path`` with the ``sharding`` fields (rank, part, the whole cohort)."""
     _settle_busy_cases(report, {case.id: case for case in cases})
     order = {case.id: index for index, case in enumerate(cases)}
     report.cases.sort(key=lambda entry: order.get(entry.case, -1))
-    name = REPORT if world == 1 else f"predict_report.rank{rank}.json"
-    payload = {
-        "model": report.model,
-        "rank": rank,
-        "world_size": world,
-        "cases": [asdict(c) for c in report.cases],
-    }
-    _write_report(output_dir / name, json.dumps(payload, indent=1))
-    return report
+    payload = {"model": report.model, **sharding, "cases": [asdict(c) for c in report.cases]}
+    _write_report(path, json.dumps(payload, indent=1))
 
 
 def _claims(
