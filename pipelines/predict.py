@@ -145,9 +145,7 @@ def predict(
     if output_dir.resolve() in {folder.resolve() for folder in inputs_found.read_folders}:
         raise ConfigError(f"{output_dir}: is an input folder; choose another --output")
     require_writable(output_dir)
-    report_name = part.report_name() if world == 1 else f"predict_report.rank{rank}.json"
-    if world > 1 and not part.whole:
-        report_name = part.report_name(f"predict_report.rank{rank}")
+    report_name = part.report_name(rank, world)
     sharding = {"rank": rank, "world_size": world, "part_id": part.part_id}
     sharding |= {"num_parts": part.num_parts, "cohort": sorted(cohort)}
     if ray is not None:

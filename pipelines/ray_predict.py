@@ -178,7 +178,7 @@ def predict_on_ray(
     from medseg.pipelines.predict import CaseReport
     from medseg.pipelines.progress import task_progress
 
-    with ray_session(options) as ray:
+    with ray_session(options, model) as ray:
         actor_class = ray.remote(CaseWorker).options(
             num_cpus=options.cpus_per_actor,
             num_gpus=options.gpus_per_actor,
@@ -247,9 +247,10 @@ def _segment_all(
 
 
 @contextlib.contextmanager
-def ray_session(options: RayOptions) -> Iterator[Any]:
+def ray_session(options: RayOptions, model: str) -> Iterator[Any]:
     """The ``ray`` module, connected as ``options`` say (or as the caller already was) and
-    checked to have room for one actor; a connection made here is closed at the end."""
+    checked to have room for one actor of ``model``; a connection made here is closed at
+    the end."""
     try:
         import ray
     except ImportError:
@@ -258,7 +259,7 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
         ) from None
     owned = not ray.is_initialized()
     if owned:
-        _connect(ray, options)
+        _connect(ray, options, model)
     try:
         _require_room(ray, options)
         yield ray
@@ -267,19 +268,19 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
             ray.shutdown()
 
 
-def _connect(ray: Any, options: RayOptions) -> None:
-    environment = {
-        name: os.environ[name]
-        for name in ("MLFLOW_TRACKING_URI", "OMP_NUM_THREADS")
-        if name in os.environ
-    }
+def _connect(ray: Any, options: RayOptions, model: str) -> None:
+    # An MLflow model is read by every actor from the driver's tracking server.
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    from_mlflow = uri is not None and any(
+        part.strip().startswith(URI_PREFIXES) for part in model.split(",")
+    )
     try:
         ray.init(
             address=options.address,
             include_dashboard=False if options.address == LOCAL else None,
             log_to_driver=False,
             logging_level=logging.WARNING,
-            runtime_env={"env_vars": environment} if environment else None,
+            runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}} if from_mlflow else None,
         )
     except (ConnectionError, ValueError, RuntimeError) as error:
         raise ConfigError(f"--ray {options.address}: cannot connect ({error})") from None
