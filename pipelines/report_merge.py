@@ -43,6 +43,11 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not a readable report ({error})") from None
     if not isinstance(report, dict) or not isinstance(report.get("cohort"), list):
         raise ConfigError(f"{path}: not a part report of medseg predict (no cohort)")
+    cases = report.get("cases", [])
+    if not isinstance(cases, list) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("case"), str) for entry in cases
+    ):
+        raise ConfigError(f"{path}: its cases are not a list of case entries")
     return report
 
 
