@@ -36,7 +36,9 @@ NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20, "node_ip_address": "12
 @pytest.fixture(scope="module")
 def ray_cluster():
     """The address of a Ray cluster of a head node and one worker node (their own processes,
-    one CPU each), shut down at the end of the module whatever happens."""
+    one CPU each), shut down at the end of the module whatever happens. Ray's own test
+    helper starts them: ``ray start --address`` refuses to add a node on a loopback-only
+    cluster."""
     previous = {name: os.environ.get(name) for name in LOOPBACK}
     os.environ.update(LOOPBACK)
     from ray.cluster_utils import Cluster
