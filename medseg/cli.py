@@ -295,6 +295,8 @@ def predict(
     from medseg.pipelines.predict import predict as run_prediction
 
     ray_options = None
+    if ray is None and (ray_actors, ray_cpus_per_actor, ray_gpus_per_actor) != (1, 1.0, 0.0):
+        raise typer.BadParameter("the --ray-* options need --ray", param_hint="--ray")
     if ray is not None:
         from medseg.pipelines.ray_predict import RayOptions
 

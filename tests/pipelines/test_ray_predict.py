@@ -170,3 +170,10 @@ def test_a_relative_path_is_refused_on_a_cluster():
     with pytest.raises(ConfigError, match="relative path"):
         options.reachable_paths("/models/m", ["data/ct"], Path("/results"))
     assert RayOptions().reachable_paths("m", ["data"], Path("out"))[1] == [str(Path.cwd() / "data")]
+
+
+def test_ray_settings_without_ray_are_refused(tmp_path, medseg_cli, brats_model_dir):
+    result = medseg_cli("predict", brats_model_dir, tmp_path, "-o", tmp_path / "out",
+                        "--ray-actors", "2")  # fmt: skip
+    assert result.code == 2
+    assert "need --ray" in result.err
