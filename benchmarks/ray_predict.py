@@ -6,7 +6,8 @@ actor process importing torch and loading the model) is paid once per run, so th
 grows with the cohort is found by difference: each of plain and 1 actor also segments one
 case alone, and ``(T(N) - T(1)) / (N - 1)`` is a side's steady time per case, start-up
 cancelled. Ray's overhead per case is the 1-actor steady time over the plain one, minus 1
-(target: under 10 %). On a 2-core machine 2 actors show overhead and sharing, not speed-up.
+(target: under 10 %). Every process runs one intra-op thread, as an actor reserving one CPU
+does. On a 2-core machine 2 actors show overhead and sharing, not speed-up.
 
     .venv/bin/python benchmarks/ray_predict.py                 # 3 cases, Z = 48: ~10 minutes
     .venv/bin/python benchmarks/ray_predict.py --cases 4 --slices 64
@@ -70,7 +71,9 @@ def run_benchmark(work: Path, args: argparse.Namespace) -> None:
     runs += [("plain", 0, args.cases), ("Ray, 1 actor", 1, args.cases)]
     runs += [("Ray, 2 actors", 2, args.cases)]
     seconds: dict[tuple[str, int], float] = {}
-    environment = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+    # One intra-op thread everywhere: an actor reserving one CPU runs one, and plain predict
+    # on as many would otherwise differ by its thread count, not by Ray.
+    environment = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
     for index, (side, actors, count) in enumerate(runs):
         output = work / f"out-{index}"
         run = measured_run(command(model, inputs[:count], output, actors), env=environment)
