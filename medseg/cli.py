@@ -278,10 +278,41 @@ def predict(
     min_slices: Annotated[
         int, typer.Option(min=1, help="DICOM folder trees: fewest images a series needs.")
     ] = 5,
+    num_parts: Annotated[
+        int, typer.Option(min=1, help="Split the sorted cases into N parts (job arrays).")
+    ] = 1,
+    part_id: Annotated[
+        int, typer.Option(min=0, help="Segment part I (0..N-1): case i goes to part i % N.")
+    ] = 0,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help="Segment on Ray: 'local' (start a runtime here), 'auto' (join this machine's "
+            "cluster) or a cluster address; paths must be reachable from every node.",
+            rich_help_panel="Ray",
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int, typer.Option(min=1, help="Models segmenting at once.", rich_help_panel="Ray")
+    ] = 1,
+    ray_cpus_per_actor: Annotated[
+        float, typer.Option(min=0.0, help="CPUs each actor reserves.", rich_help_panel="Ray")
+    ] = 1.0,
+    ray_gpus_per_actor: Annotated[
+        float, typer.Option(min=0.0, help="GPUs each actor reserves.", rich_help_panel="Ray")
+    ] = 0.0,
 ) -> None:
     """Segment volumes onto their own grid; exit 1 when some cases failed."""
+    from medseg.pipelines.parts import Part
     from medseg.pipelines.predict import predict as run_prediction
 
+    ray_options = None
+    if ray is None and (ray_actors, ray_cpus_per_actor, ray_gpus_per_actor) != (1, 1.0, 0.0):
+        raise typer.BadParameter("the --ray-* options need --ray", param_hint="--ray")
+    if ray is not None:
+        from medseg.pipelines.ray_predict import RayOptions
+
+        ray_options = RayOptions(ray, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor)
     report = run_prediction(
         model,
         inputs,
@@ -298,6 +329,8 @@ def predict(
         output_format=output_format,
         series_modalities=series_modality,
         min_slices=min_slices,
+        part=Part(part_id, num_parts),
+        ray=ray_options,
     )
     done = [c for c in report.cases if c.status == "done"]
     skipped = sum(c.status == "skipped" for c in report.cases)
@@ -475,6 +508,35 @@ def info(
         typer.echo(json.dumps(details, indent=2))
         return
     _console().print(info_table(details))
+
+
+report_app = typer.Typer(help="Work on the reports of split batches.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("merge")
+def report_merge(
+    output: Annotated[Path, typer.Argument(help="The --output folder the parts wrote into.")],
+) -> None:
+    """Merge the parts' reports into predict_report.json; exit 1 if cases are missing or failed."""
+    from medseg.pipelines.report_merge import merge_reports
+
+    merged = merge_reports(output)
+    console = _console()
+    console.print(
+        f"{len(merged.cases)} cases reported, {len(merged.failed)} failed, "
+        f"{len(merged.missing)} missing -> {merged.path}",
+        highlight=False,
+    )
+    if merged.missing_parts:
+        parts = ", ".join(map(str, merged.missing_parts))
+        console.print(f"[red]no report from part[/red] {parts}", highlight=False)
+    for case_id in merged.missing:
+        console.print(f"[red]missing[/red] {case_id}", highlight=False)
+    for case in merged.failed:
+        console.print(f"[red]failed[/red] {case.get('error')}", highlight=False)
+    if merged.missing or merged.failed:
+        raise typer.Exit(1)
 
 
 def _print_evaluation(result: Any) -> None:

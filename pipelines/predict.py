@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medseg.datasets.base import Case
+from medseg.datasets.base import Case, CaseProblem
 from medseg.datasets.dicom_tree import report_skipped_inputs, series_rules
 from medseg.errors import CaseError, ConfigError
 from medseg.files import remove_stale_temporaries, require_outside, write_atomic, write_text_atomic
@@ -39,12 +39,15 @@ from medseg.pipelines.output_formats import (
     require_output_format,
     seg_finished,
 )
+from medseg.pipelines.parts import Part
 from medseg.pipelines.segmenter import Segmentation, Segmenter
 from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name, write_label_like
 
+if TYPE_CHECKING:
+    from medseg.pipelines.ray_predict import RayOptions
+
 logger = logging.getLogger(__name__)
 
-REPORT = "predict_report.json"
 BUSY = "another medseg predict run is segmenting this case"
 ABANDONED = "another medseg predict run claimed this case and did not finish it; run again"
 
@@ -126,6 +129,8 @@ def predict(
     output_format: str | None = None,
     series_modalities: list[str] | None = None,
     min_slices: int = 5,
+    part: Part | None = None,
+    ray: RayOptions | None = None,
 ) -> PredictReport:
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
@@ -138,16 +143,26 @@ def predict(
     ``output_formats``). ``predict_report.json`` (``predict_report.rank<R>.json`` under
     torchrun) lists every case, the model's label table and what DICOM folder trees left out
     (``series_modalities`` and ``min_slices`` select their series: see ``series_rules``).
-    Raises ``ConfigError`` for an unusable model, input or output folder; per-case failures
-    are in the report.
+    ``part`` takes one part of the sorted case list (its report is
+    ``predict_report.part-I-of-N.json``, see ``pipelines/parts.py``); ``ray`` segments on a
+    Ray cluster instead of in this process (see ``pipelines/ray_predict.py``). Raises
+    ``ConfigError`` for an unusable model, input or output folder; per-case failures are in
+    the report.
     """
     require_output_format(output_format)
+    if ray is not None:
+        model, inputs, output_dir = ray.reachable_paths(model, inputs, output_dir)
     models = open_models(str(model))
     config = models[0][0]
     rules = series_rules(config.preprocessing.modality, series_modalities, min_slices)
     inputs_found = collect_cases(inputs, config.preprocessing.layout, rules)
     report_skipped_inputs(inputs_found.skipped)
-    cases, rank, world = shard(inputs_found.cases)
+    part = part or Part()
+    cohort = [case.id for case in inputs_found.cases]
+    cohort += [problem.case_id for problem in inputs_found.problems]
+    owned = part.owns(cohort)
+    cases, rank, world = shard([case for case in inputs_found.cases if case.id in owned])
+    problems = shard([problem for problem in inputs_found.problems if problem.case_id in owned])[0]
     output_dir = Path(output_dir)
     require_outside(output_dir, sorted(inputs_found.roots), "--output")
     if output_dir.resolve() in {folder.resolve() for folder in inputs_found.read_folders}:
@@ -156,6 +171,29 @@ def predict(
     table = label_table(config)
     outputs = plan_outputs(output_format, table, config, cases)
     write_label_files(output_dir, table)
+    report_name = part.report_name(rank, world)
+    fields = {"rank": rank, "world_size": world, "part_id": part.part_id}
+    fields |= {"num_parts": part.num_parts, "cohort": sorted(cohort)}
+    fields |= {
+        "label_table": table_as_data(table),
+        "skipped_inputs": [
+            {"path": str(item.path), "reason": item.reason} for item in inputs_found.skipped
+        ],
+    }
+    skipped_inputs = len(inputs_found.skipped)
+    if ray is not None:
+        from medseg.pipelines.ray_predict import predict_on_ray
+
+        del models
+        settings = {"overlap": overlap, "prune_level": prune_level, "device": device}
+        settings |= {"precision": precision, "tta": tta, "skip_empty": skip_empty}
+        settings |= {"apply_postprocessing": apply_postprocessing, "outputs": outputs}
+        settings |= {"save_probabilities": save_probabilities, "overwrite": overwrite}
+        report = start_report(str(model), problems, skipped_inputs)
+        todo = pending_cases(cases, output_dir, overwrite, save_probabilities, outputs, report)
+        report.cases += predict_on_ray(ray, str(model), todo, settings, show_progress)
+        save_report(report, cases, outputs, output_dir / report_name, fields)
+        return report
     target_device = resolve_device(device)
     segmenter = Segmenter(
         models,
@@ -170,29 +208,8 @@ def predict(
     # The segmenter holds the networks it runs (on the CPU, channels-last copies); the loaded
     # ones need not stay in memory beside them.
     del models
-    report = PredictReport(model=str(model), skipped_inputs=len(inputs_found.skipped))
-    for problem in shard(inputs_found.problems)[0]:
-        # A case the layout rejected (a missing channel, a path leaving the root) fails by
-        # name, like a case that cannot be read.
-        logger.error("%s", problem)
-        report.cases.append(
-            CaseReport(problem.case_id, "failed", error=f"{problem.path}: {problem.reason}")
-        )
-    todo = []
-    for case in cases:
-        target = output_dir / output_name(case.id, case.image[0])
-        try:
-            outputs.for_case(case)
-        except CaseError as error:
-            _fail(entry := CaseReport(case.id, "failed"), case, error)
-            report.cases.append(entry)
-            continue
-        if not overwrite and _finished(case, target, save_probabilities, outputs):
-            report.cases.append(entry := CaseReport(case.id, "skipped"))
-            _name_outputs(entry, case, target, outputs)
-            _remove_stale_lock(target)
-        else:
-            todo.append((case, target))
+    report = start_report(str(model), problems, skipped_inputs)
+    todo = pending_cases(cases, output_dir, overwrite, save_probabilities, outputs, report)
     from medseg.pipelines.progress import task_progress
 
     held: list[CaseLock] = []
@@ -242,22 +259,67 @@ def predict(
         finally:
             for lock in held:
                 lock.release()
+    save_report(report, cases, outputs, output_dir / report_name, fields)
+    return report
+
+
+def start_report(model: str, problems: list[CaseProblem], skipped_inputs: int) -> PredictReport:
+    """A new report of ``model`` in which every case a layout rejected (a missing channel,
+    a path leaving the root) has failed by name, like a case that cannot be read;
+    ``skipped_inputs`` counts the inputs discovery left out."""
+    report = PredictReport(model=model, skipped_inputs=skipped_inputs)
+    for problem in problems:
+        logger.error("%s", problem)
+        report.cases.append(
+            CaseReport(problem.case_id, "failed", error=f"{problem.path}: {problem.reason}")
+        )
+    return report
+
+
+def pending_cases(
+    cases: list[Case],
+    output_dir: Path,
+    overwrite: bool,
+    save_probabilities: bool,
+    outputs: OutputPlan,
+    report: PredictReport,
+) -> list[tuple[Case, Path]]:
+    """The ``(case, output path)`` pairs still to segment; each case with complete outputs
+    (unless ``overwrite``) is reported as skipped instead, and one whose asked-for outputs
+    cannot be made (a DICOM SEG of a non-DICOM input) as failed."""
+    todo = []
+    for case in cases:
+        target = output_dir / output_name(case.id, case.image[0])
+        try:
+            outputs.for_case(case)
+        except CaseError as error:
+            _fail(entry := CaseReport(case.id, "failed"), case, error)
+            report.cases.append(entry)
+            continue
+        if not overwrite and _finished(case, target, save_probabilities, outputs):
+            report.cases.append(entry := CaseReport(case.id, "skipped"))
+            _name_outputs(entry, case, target, outputs)
+            _remove_stale_lock(target)
+        else:
+            todo.append((case, target))
+    return todo
+
+
+def save_report(
+    report: PredictReport,
+    cases: list[Case],
+    outputs: OutputPlan,
+    path: Path,
+    fields: dict[str, Any],
+) -> None:
+    """Settle the cases other runs held, put the entries in input order and write the
+    report to ``path`` with ``fields`` (rank, part, the whole cohort, the label table, the
+    inputs left out)."""
     _settle_busy_cases(report, {case.id: case for case in cases}, outputs)
     order = {case.id: index for index, case in enumerate(cases)}
     report.cases.sort(key=lambda entry: order.get(entry.case, -1))
-    name = REPORT if world == 1 else f"predict_report.rank{rank}.json"
-    payload = {
-        "model": report.model,
-        "rank": rank,
-        "world_size": world,
-        "label_table": table_as_data(table),
-        "skipped_inputs": [
-            {"path": str(item.path), "reason": item.reason} for item in inputs_found.skipped
-        ],
-        "cases": [asdict(c) for c in report.cases],
-    }
-    _write_report(output_dir / name, json.dumps(payload, indent=1))
-    return report
+    payload = {"model": report.model, **fields, "cases": [asdict(c) for c in report.cases]}
+    _write_report(path, json.dumps(payload, indent=1))
 
 
 def _claims(

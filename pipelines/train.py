@@ -151,7 +151,10 @@ def _split(config: Config, index: Any, run_dir: Path) -> dict[str, list[str]]:
             splits = [holdout_split(ids, config.data.holdout, config.data.split_seed)]
         else:
             splits = kfold_splits(ids, config.data.folds, config.data.split_seed)
-        save_splits(path, splits)
+        # Every rank draws the same splits; only the main one writes them, as the other
+        # ranks' run folder may be another node's disk.
+        if process_info().is_main:
+            save_splits(path, splits)
     return splits[0 if config.data.holdout else config.data.fold]
 
 
