@@ -266,8 +266,12 @@ def predict(
         bool, typer.Option(help="Also write <case>_probabilities.npz (float16).")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists.")] = False,
+    preview: Annotated[
+        bool, typer.Option(help="Also draw previews/<case>.png: three slices with outlines.")
+    ] = False,
 ) -> None:
-    """Segment volumes onto their own grid; exit 1 when some cases failed."""
+    """Segment volumes onto their own grid, with statistics.csv; exit 1 when some cases
+    failed."""
     from medseg.pipelines.predict import predict as run_prediction
 
     report = run_prediction(
@@ -283,6 +287,7 @@ def predict(
         apply_postprocessing=postprocess,
         save_probabilities=save_probabilities,
         overwrite=overwrite,
+        preview=preview,
     )
     done = [c for c in report.cases if c.status == "done"]
     skipped = sum(c.status == "skipped" for c in report.cases)
@@ -343,6 +348,7 @@ def evaluate(
         references.scheme,
         output or pred_dir / "evaluation",
         images=references.images,
+        modality=references.modality,
         tolerance_mm=tolerance,
         rule=rule,
         workers=workers,

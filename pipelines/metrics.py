@@ -240,13 +240,18 @@ def structure_mask(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
     return mask
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
+def summarize(
+    rows: Sequence[Mapping[str, Any]],
+    labels: Sequence[str],
+    metrics: Sequence[str] = SUMMARY_METRICS,
+) -> dict[str, Any]:
     """Statistics per label over the case rows (each with ``case``, ``label`` and ROW_FIELDS).
 
     Returns ``{label: {metric: {"mean", "std", "median", "count", "nan_count", "nan_cases"},
     "global_dice": float, "empty": {"both"|"pred"|"ref": [case ids]}}}`` for every metric of
-    ``SUMMARY_METRICS``. Statistics are over the non-NaN rows (``std`` is the population
-    standard deviation, ddof=0); NaN rows are counted in ``nan_count`` and named in
+    ``metrics`` (2D cases have areas or pixel counts instead of volumes: ``planar``).
+    Statistics are over the non-NaN rows (``std`` is the population standard deviation,
+    ddof=0); NaN rows are counted in ``nan_count`` and named in
     ``nan_cases``; a statistic over no rows is None (JSON null). ``global_dice`` pools the
     voxels of all cases (LiTS "Dice global": 2 * sum(overlap) / (sum(pred) + sum(ref))), 1.0
     when the label is empty everywhere.
@@ -254,9 +259,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> dict[
     summary: dict[str, Any] = {}
     for label in labels:
         label_rows = [row for row in rows if row["label"] == label]
-        entry: dict[str, Any] = {
-            metric: _statistics(label_rows, metric) for metric in SUMMARY_METRICS
-        }
+        entry: dict[str, Any] = {metric: _statistics(label_rows, metric) for metric in metrics}
         entry["global_dice"] = global_dice(label_rows)
         entry["empty"] = {
             kind: [row.get("case") for row in label_rows if row["empty"] == kind]

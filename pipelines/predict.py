@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,9 +27,11 @@ from medseg.errors import CaseError, ConfigError
 from medseg.files import remove_stale_temporaries, require_outside, write_atomic, write_text_atomic
 from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
 from medseg.pipelines.cases import collect_cases
+from medseg.pipelines.clinical_outputs import CaseDescriber, merged_rows
 from medseg.pipelines.inference import resolve_device, resolve_precision
 from medseg.pipelines.model_dir import open_model
 from medseg.pipelines.segmenter import Segmentation, Segmenter
+from medseg.pipelines.statistics import statistics_csv
 from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name, write_label_like
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class CaseReport:
     windows: int = 0
     skipped_windows: int = 0
     error: str | None = None
+    statistics: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -110,6 +113,7 @@ def predict(
     save_probabilities: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
+    preview: bool = False,
 ) -> PredictReport:
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
@@ -117,7 +121,9 @@ def predict(
     in the dataset's label values on the input's exact grid; with ``save_probabilities``
     also ``<case_id>_probabilities.npz`` (float16 ``(C, *spatial)``, channel names,
     affine). ``predict_report.json`` (``predict_report.rank<R>.json`` under torchrun) lists
-    every case. Raises ``ConfigError`` for an unusable model, input or output folder;
+    every case, with each segmented case's statistics, which ``statistics.csv``
+    (``statistics.rank<R>.csv``) also holds; ``preview`` draws ``previews/<case_id>.png``
+    (``clinical_outputs``). Raises ``ConfigError`` for an unusable model, input or output folder;
     per-case failures are in the report.
     """
     models = open_models(str(model))
@@ -140,6 +146,7 @@ def predict(
         skip_empty=skip_empty,
         apply_postprocessing=apply_postprocessing,
     )
+    describer = CaseDescriber.for_model(config, output_dir, preview)
     # The segmenter holds the networks it runs (on the CPU, channels-last copies); the loaded
     # ones need not stay in memory beside them.
     del models
@@ -153,7 +160,7 @@ def predict(
         )
     todo = []
     for case in cases:
-        target = output_dir / output_name(case.id, case.image[0])
+        target = output_dir / output_name(case.id, case.image[0], config.preprocessing.spatial_dims)
         if not overwrite and _finished(case, target, save_probabilities):
             report.cases.append(CaseReport(case.id, "skipped", str(target)))
             _remove_stale_lock(target)
@@ -191,7 +198,7 @@ def predict(
                     entry = CaseReport(
                         case.id, "done", str(target), 0.0, result.windows, result.skipped
                     )
-                    job = writer.submit(_write, case, result, target, save_probabilities)
+                    job = writer.submit(_write, case, result, target, save_probabilities, describer)
                 except Exception as error:
                     _fail(entry, case, error)
                     lock.release()
@@ -218,6 +225,9 @@ def predict(
         "cases": [asdict(c) for c in report.cases],
     }
     _write_report(output_dir / name, json.dumps(payload, indent=1))
+    statistics = output_dir / ("statistics.csv" if world == 1 else f"statistics.rank{rank}.csv")
+    fresh = {c.case: c.statistics for c in report.cases if c.statistics is not None}
+    _write_report(statistics, lambda: statistics_csv(merged_rows(statistics, fresh)))
     return report
 
 
@@ -247,10 +257,11 @@ def _claims(
         yield case, target, lock
 
 
-def _write_report(path: Path, text: str) -> None:
+def _write_report(path: Path, text: str | Callable[[], str]) -> None:
     """Write the report atomically under its own lock, first removing the temporaries a
     killed run left: every writer of the report holds the lock, so none is live. Without
-    the lock within a minute the report is still written, the cleanup left for later."""
+    the lock within a minute the report is still written, the cleanup left for later.
+    ``text`` may be a function, called under the lock (to merge with what is there)."""
     deadline = time.monotonic() + 60
     lock = try_lock(path)
     while lock is None and time.monotonic() < deadline:
@@ -259,7 +270,7 @@ def _write_report(path: Path, text: str) -> None:
     try:
         if lock is not None:
             remove_stale_temporaries(path)
-        write_text_atomic(path, text)
+        write_text_atomic(path, text() if callable(text) else text)
     finally:
         if lock is not None:
             lock.release()
@@ -327,7 +338,7 @@ def _fail(entry: CaseReport, case: Case, error: BaseException) -> None:
 
 def _finish(job: Future, entry: CaseReport, lock: CaseLock) -> None:
     try:
-        job.result()
+        entry.statistics = job.result()
     except Exception as error:  # a write failure (full disk, permissions) fails its case only
         entry.status, entry.output = "failed", None
         entry.error = f"{entry.case}: cannot write output ({error})"
@@ -336,10 +347,19 @@ def _finish(job: Future, entry: CaseReport, lock: CaseLock) -> None:
         lock.release()
 
 
-def _write(case: Case, result: Segmentation, target: Path, save_probabilities: bool) -> None:
+def _write(
+    case: Case,
+    result: Segmentation,
+    target: Path,
+    save_probabilities: bool,
+    describer: CaseDescriber,
+) -> list[dict[str, Any]]:
+    """Write the case's outputs; return its statistics rows."""
     reference = case.image[0]
     kept = (".nii", ".nii.gz", *KEPT_FORMATS)
-    if reference.is_dir() or not reference.name.lower().endswith(kept):
+    if not target.name.endswith(".png") and (
+        reference.is_dir() or not reference.name.lower().endswith(kept)
+    ):
         import nibabel as nib
 
         image = nib.Nifti1Image(result.labels, result.affine)
@@ -356,3 +376,4 @@ def _write(case: Case, result: Segmentation, target: Path, save_probabilities: b
                 temporary, probabilities=result.probabilities, affine=result.affine
             ),
         )
+    return describer.describe(case, result.labels, result.affine)

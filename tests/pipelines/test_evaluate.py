@@ -119,7 +119,7 @@ def test_evaluate_writes_rows_summary_and_plots_and_reports_problems(dataset):
     assert [case["case"] for case in summary["worst_cases"]] == ["c", "b"]
 
     pngs = [f"boxplot_{metric}" for metric in SUMMARY_METRICS] + ["overlay_c", "overlay_b"]
-    assert set(result.paths) == {"metrics_csv", "summary_json", *pngs}
+    assert set(result.paths) == {"metrics_csv", "summary_json", "lesionwise_csv", *pngs}
     for name in pngs:
         assert result.paths[name].read_bytes()[:8] == PNG_MAGIC
     assert not [p for p in dataset["out"].iterdir() if p.name.startswith(".")]
