@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -239,6 +241,48 @@ class PostprocessConfig(_Section):
     inside: dict[str, str] = Field(default_factory=dict)
 
 
+def _display_text(text: str) -> str:
+    # Names go into ITK-SNAP's quoted names, DICOM strings (backslash separates values)
+    # and one-line file formats.
+    if re.search(r'[\x00-\x1f\x7f"\\]', text):
+        raise ValueError("must not hold control characters, quotes or backslashes")
+    if text != text.strip():
+        raise ValueError("must not start or end with white space")
+    return text
+
+
+# A label's name as viewers and DICOM show it (DICOM LO: at most 64 characters).
+DisplayName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_display_text)]
+# A short form for the NIfTI header's 80-byte description ("ET", "liver").
+Abbreviation = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(_display_text)]
+Colour = tuple[
+    Annotated[int, Field(ge=0, le=255)],
+    Annotated[int, Field(ge=0, le=255)],
+    Annotated[int, Field(ge=0, le=255)],
+]
+
+
+class CodedConcept(_Section):
+    """A coded term as DICOM carries it: code ``value`` in coding ``scheme`` (``SCT`` is
+    SNOMED CT) and its human-readable ``meaning``."""
+
+    value: str = Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9.\-]+$")
+    scheme: str = Field("SCT", min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_\-]+$")
+    meaning: DisplayName
+
+
+class LabelStyleConfig(_Section):
+    """How one output label is named and shown; every key left out keeps the default
+    (see ``medseg.pipelines.label_table``). ``colour`` is RGB 0-255; ``category`` and
+    ``type`` are the DICOM SEG segmented-property codes (SNOMED CT)."""
+
+    name: DisplayName | None = None
+    abbreviation: Abbreviation | None = None
+    colour: Colour | None = None
+    category: CodedConcept | None = None
+    type: CodedConcept | None = None
+
+
 class TrackingConfig(_Section):
     """MLflow tracking; the URI comes from ``MLFLOW_TRACKING_URI`` or MLflow's default."""
 
@@ -248,7 +292,8 @@ class TrackingConfig(_Section):
 
 
 class Config(_Section):
-    """A whole run: data, network, transforms, training, inference, output and tracking."""
+    """A whole run: data, network, transforms, training, inference, output and tracking;
+    ``label_table`` restyles output labels by the model's label name (``medseg info``)."""
 
     data: DataConfig
     network: NetworkConfig
@@ -256,6 +301,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    label_table: dict[str, LabelStyleConfig] = Field(default_factory=dict)
     output: Path = Path("runs/medseg")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medseg.pipelines.label_table import label_table, table_as_data
 from medseg.pipelines.model_dir import open_model
 
 # Keys of a model's ``provenance`` that say where it came from; the rest say how it trained.
@@ -16,7 +17,8 @@ def model_info(model: str | Path) -> dict[str, Any]:
 
     Returns ``source``; ``network`` (name, preset, spatial_dims, in/out channels, options,
     ``parameters`` and, for UNet++, ``parameters_by_level``); ``labels`` (the label
-    scheme); ``preprocessing``; ``inference`` (sliding-window settings); ``postprocessing``
+    scheme); ``label_table`` (what each label map value means: ``LabelEntry`` data);
+    ``preprocessing``; ``inference`` (sliding-window settings); ``postprocessing``
     (rules); ``training`` (what training recorded: epoch, validation metrics, ...); and
     ``provenance`` (``medseg_version``, ``git_commit``, ``dataset_fingerprint``, None when
     not recorded); ``plan`` (what training's plan decided, empty without one). Raises
@@ -40,7 +42,8 @@ def model_info(model: str | Path) -> dict[str, Any]:
     return {
         "source": str(model),
         "network": described,
-        "labels": config.labels,
+        "labels": {key: value for key, value in config.labels.items() if key != "table"},
+        "label_table": table_as_data(label_table(config)),
         "preprocessing": config.preprocessing.model_dump(mode="json"),
         "inference": config.inference.model_dump(mode="json"),
         "postprocessing": config.postprocessing.model_dump(mode="json"),
@@ -98,6 +101,7 @@ def _sections(info: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
     return [
         ("network", network_rows),
         ("labels", _label_rows(info["labels"])),
+        ("label values", _value_rows(info["label_table"])),
         ("preprocessing", [(k, _text(v)) for k, v in info["preprocessing"].items()]),
         ("inference", [(k, _text(v)) for k, v in info["inference"].items()]),
         ("postprocessing", [(k, _text(v)) for k, v in post.items() if v] or [("rules", "none")]),
@@ -146,6 +150,18 @@ def _label_rows(labels: dict[str, Any]) -> list[tuple[str, str]]:
         return [("mode", "regions (sigmoid per channel)"), *rows, ("paint order", order)]
     rows = [(name, f"class of value {values[0]}") for name, values in pairs]
     return [("mode", "classes (softmax)"), *rows]
+
+
+def _value_rows(table: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [
+        (
+            str(entry["value"]),
+            f"{entry['name']} ({entry['abbreviation']}; label {entry['key']}; "
+            f"RGB {_text(entry['colour'])}; {entry['type']['meaning']} "
+            f"{entry['type']['scheme']} {entry['type']['value']})",
+        )
+        for entry in table
+    ]
 
 
 def _count(count: int) -> str:

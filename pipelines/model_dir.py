@@ -145,6 +145,10 @@ def read_model_config(directory: Path) -> ModelConfig:
         raise ConfigError(f"{path}: not a medseg model config ({reason})") from None
     except (UnicodeDecodeError, OSError) as error:
         raise ConfigError(f"{path}: unreadable ({error})") from None
+    if "table" in config.labels:
+        from medseg.pipelines.label_table import parse_label_table
+
+        parse_label_table(config.labels["table"], config.scheme, str(path))
     # Provenance (training metrics, dataset statistics) is a record, not a setting: a NaN
     # there changes nothing the model computes.
     key = non_finite_key(config.model_dump(exclude={"provenance"}))

@@ -29,6 +29,8 @@ from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
 from medseg.pipelines.cases import collect_cases
 from medseg.pipelines.clinical_outputs import CaseDescriber, merged_rows
 from medseg.pipelines.inference import resolve_device, resolve_precision
+from medseg.pipelines.label_files import nifti_description, write_label_files
+from medseg.pipelines.label_table import label_table, table_as_data
 from medseg.pipelines.model_dir import open_model
 from medseg.pipelines.segmenter import Segmentation, Segmenter
 from medseg.pipelines.statistics import statistics_csv
@@ -118,13 +120,15 @@ def predict(
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
     Outputs are ``<case_id>.nii.gz`` (``.mha``/``.nrrd`` for such inputs): uint8 label maps
-    in the dataset's label values on the input's exact grid; with ``save_probabilities``
+    in the dataset's label values on the input's exact grid, the values' abbreviated names
+    in a NIfTI's description; ``labels.itksnap.txt`` and ``labels.ctbl`` name them for
+    ITK-SNAP and 3D Slicer (see ``label_files``); with ``save_probabilities``
     also ``<case_id>_probabilities.npz`` (float16 ``(C, *spatial)``, channel names,
     affine). ``predict_report.json`` (``predict_report.rank<R>.json`` under torchrun) lists
-    every case, with each segmented case's statistics, which ``statistics.csv``
-    (``statistics.rank<R>.csv``) also holds; ``preview`` draws ``previews/<case_id>.png``
-    (``clinical_outputs``). Raises ``ConfigError`` for an unusable model, input or output folder;
-    per-case failures are in the report.
+    every case and the model's label table, with each segmented case's statistics, which
+    ``statistics.csv`` (``statistics.rank<R>.csv``) also holds; ``preview`` draws
+    ``previews/<case_id>.png`` (``clinical_outputs``). Raises ``ConfigError`` for an
+    unusable model, input or output folder; per-case failures are in the report.
     """
     models = open_models(str(model))
     config = models[0][0]
@@ -135,6 +139,9 @@ def predict(
     if output_dir.resolve() in {folder.resolve() for folder in inputs_found.read_folders}:
         raise ConfigError(f"{output_dir}: is an input folder; choose another --output")
     require_writable(output_dir)
+    table = label_table(config)
+    write_label_files(output_dir, table)
+    description = nifti_description(table)
     target_device = resolve_device(device)
     segmenter = Segmenter(
         models,
@@ -198,7 +205,9 @@ def predict(
                     entry = CaseReport(
                         case.id, "done", str(target), 0.0, result.windows, result.skipped
                     )
-                    job = writer.submit(_write, case, result, target, save_probabilities, describer)
+                    job = writer.submit(
+                        _write, case, result, target, save_probabilities, description, describer
+                    )
                 except Exception as error:
                     _fail(entry, case, error)
                     lock.release()
@@ -222,6 +231,7 @@ def predict(
         "model": report.model,
         "rank": rank,
         "world_size": world,
+        "label_table": table_as_data(table),
         "cases": [asdict(c) for c in report.cases],
     }
     _write_report(output_dir / name, json.dumps(payload, indent=1))
@@ -352,6 +362,7 @@ def _write(
     result: Segmentation,
     target: Path,
     save_probabilities: bool,
+    description: str,
     describer: CaseDescriber,
 ) -> list[dict[str, Any]]:
     """Write the case's outputs; return its statistics rows."""
@@ -365,9 +376,10 @@ def _write(
         image = nib.Nifti1Image(result.labels, result.affine)
         image.set_qform(result.affine, code=1)
         image.set_sform(result.affine, code=1)
+        image.header["descrip"] = description
         write_atomic(target, lambda path: nib.save(image, path))
     else:
-        write_label_like(reference, result.labels, target)
+        write_label_like(reference, result.labels, target, description=description)
     if save_probabilities and result.probabilities is not None:
         path = _probabilities_path(case, target)
         write_atomic(

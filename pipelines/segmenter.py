@@ -104,9 +104,9 @@ class Segmenter:
 
         self.config = models[0][0]
         for other, _ in models[1:]:
-            if (other.preprocessing, other.labels) != (
+            if (other.preprocessing, other.scheme) != (
                 self.config.preprocessing,
-                self.config.labels,
+                self.config.scheme,
             ):
                 raise ConfigError("ensembled models must share preprocessing and labels")
         self.networks = [

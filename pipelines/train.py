@@ -99,6 +99,7 @@ def _model_config(
         sw_batch_size=config.infer.sw_batch_size,
         mode=config.infer.mode,
     )
+    from medseg.pipelines.label_table import labels_with_table
     from medseg.pipelines.provenance import dataset_fingerprint, git_commit
 
     postprocessing = Postprocessing.model_validate(config.postprocess.model_dump())
@@ -112,7 +113,7 @@ def _model_config(
     return ModelConfig(
         network=network,
         preprocessing=pre,
-        labels=index.labels.to_dict(),
+        labels=labels_with_table(index.labels, pre.layout, config.label_table),
         inference=inference,
         postprocessing=postprocessing,
         provenance=provenance,

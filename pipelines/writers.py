@@ -51,14 +51,17 @@ def finished_output(target: Path, reference: Path) -> bool:
     return output.affine is not None and bool(np.allclose(output.affine, source.affine, atol=1e-3))
 
 
-def write_label_like(reference: Path, labels: np.ndarray, target: Path) -> Path:
+def write_label_like(
+    reference: Path, labels: np.ndarray, target: Path, *, description: str | None = None
+) -> Path:
     """Write ``labels`` (uint8, the reference's spatial shape in file index order) to
     ``target`` with the reference file's geometry, atomically.
 
     PNG (``target`` ends in ``.png``): an 8-bit grey picture, rows along the second axis.
     NIfTI: the reference header's geometry fields (qform/sform, their codes, pixdim)
     are copied as stored, intensity scaling is cleared and the data type is uint8. Other
-    formats: origin, spacing and direction copied by SimpleITK.
+    formats: origin, spacing and direction copied by SimpleITK. ``description`` (at most 80
+    ASCII characters) replaces a NIfTI header's ``descrip``.
     """
     labels = np.asarray(labels, dtype=np.uint8)
     if target.name.endswith(".png"):
@@ -72,6 +75,8 @@ def write_label_like(reference: Path, labels: np.ndarray, target: Path) -> Path:
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(None, None)
         header.set_data_shape(labels.shape)
+        if description is not None:
+            header["descrip"] = description
         # No affine: the header's own geometry fields (qform and sform codes, quaternion,
         # offsets, srow rows, pixdim and qfac) are written as they are. Going through
         # get_qform/set_qform recomputed them, and failed on a real file whose unused
