@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ct_intensity, header, markdown_table, median, model_dir  # noqa: E402
+from _common import ct_intensity, header, markdown_table, median, model_dir
 
 TARGET = 1.10
 

@@ -349,6 +349,7 @@ def evaluate(
         output or pred_dir / "evaluation",
         images=references.images,
         modality=references.modality,
+        layout=references.layout,
         tolerance_mm=tolerance,
         rule=rule,
         workers=workers,

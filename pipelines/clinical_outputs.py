@@ -15,7 +15,7 @@ import numpy as np
 from medseg.datasets.base import Case
 from medseg.pipelines.planar import has_pixel_size
 from medseg.pipelines.statistics import label_statistics, largest_structure_centre, printable
-from medseg.pipelines.structures import Structure, written_structures
+from medseg.pipelines.structures import Structure, model_structures
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class CaseDescriber:
 
     @classmethod
     def for_model(cls, config: Any, output_dir: Path, preview: bool) -> CaseDescriber:
-        """The describer for a model's ``ModelConfig``: its label scheme's structures and,
+        """The describer for a model's ``ModelConfig``: its label table's structures and,
         for CT, its Hounsfield window (the window its preprocessing clips to, else a
         soft-tissue window)."""
         from medseg.pipelines.previews import SOFT_TISSUE_WINDOW
@@ -47,7 +47,7 @@ class CaseDescriber:
             if {"window_low", "window_high"} <= set(stats):
                 window = (stats["window_low"], stats["window_high"])
         folder = Path(output_dir) / PREVIEW_FOLDER if preview else None
-        return cls(tuple(written_structures(config.scheme)), window, folder)
+        return cls(tuple(model_structures(config)), window, folder)
 
     def describe(self, case: Case, labels: np.ndarray, affine: np.ndarray) -> list[dict]:
         """Statistics rows of ``case`` (``label_statistics`` plus ``case``) from its label map

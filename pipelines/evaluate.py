@@ -46,6 +46,7 @@ from medseg.pipelines.metrics import (
 )
 from medseg.pipelines.planar import distance_unit, has_pixel_size, planar_columns, planar_row
 from medseg.pipelines.previews import SOFT_TISSUE_WINDOW
+from medseg.pipelines.structures import Structure, dataset_structures
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def evaluate(
     workers: int = 2,
     worst_cases: int = 3,
     modality: str | None = None,
+    layout: str | None = None,
 ) -> EvaluationResult:
     """Score every prediction in ``pred_dir`` against ``references`` and write the report.
 
@@ -150,7 +152,8 @@ def evaluate(
     processes score cases in parallel (1: in this process; the pool starts them with
     forkserver, so a script calling this needs the ``if __name__ == "__main__":`` guard); the
     ``worst_cases`` cases of lowest mean Dice get an overlay (``previews.draw_preview``; CT,
-    per ``modality``, in a soft-tissue window). Raises ``ConfigError`` for
+    per ``modality``, in a soft-tissue window; names and colours from ``layout``'s label
+    table). Raises ``ConfigError`` for
     unusable arguments; problems with single cases do not raise but are returned (and logged
     as warnings).
     """
@@ -227,7 +230,7 @@ def evaluate(
             predictions[case_id],
             Path(references[case_id]),
             image,
-            scheme,
+            dataset_structures(scheme, layout),
             target,
             SOFT_TISSUE_WINDOW if modality == "ct" else None,
         )
@@ -443,7 +446,7 @@ def _overlay(
     prediction_path: Path,
     reference_path: Path,
     image_path: Path | None,
-    scheme: LabelScheme,
+    structures: list[Structure],
     target: Path,
     window: tuple[float, float] | None,
 ) -> Path:
@@ -452,11 +455,9 @@ def _overlay(
     (the prediction's when the reference is empty)."""
     from medseg.pipelines.previews import draw_preview
     from medseg.pipelines.statistics import label_statistics, largest_structure_centre
-    from medseg.pipelines.structures import written_structures
 
     reference = _read_labels(reference_path)
     prediction = _read_labels(prediction_path).array
-    structures = written_structures(scheme)
     centre = largest_structure_centre(label_statistics(reference.array, structures, None))
     if centre is None:
         centre = largest_structure_centre(label_statistics(prediction, structures, None))

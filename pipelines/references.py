@@ -14,12 +14,13 @@ from medseg.pipelines.cases import IMAGE_SUFFIXES, strip_suffix
 @dataclass
 class References:
     """Reference label file and (when known) image file per case id, the label scheme, and
-    (when known) the images' modality (``ct``, ``mri``, ...)."""
+    (when known) the images' modality (``ct``, ``mri``, ...) and the dataset's layout."""
 
     labels: dict[str, Path]
     scheme: LabelScheme
     images: dict[str, Path] | None = None
     modality: str | None = None
+    layout: str | None = None
 
 
 def parse_labels(text: str) -> LabelScheme:
@@ -63,6 +64,7 @@ def find_references(ref_dir: Path, *, layout: str | None, labels: str | None) ->
                 index.labels,
                 {c.id: c.image[0] for c in index.cases},
                 index.modality,
+                index.layout,
             )
     raise ConfigError(
         f"{ref_dir}: not a dataset in a known layout; give --layout, or --labels name=value,... "

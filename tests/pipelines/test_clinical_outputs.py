@@ -31,7 +31,7 @@ def test_statistics_and_previews_describe_every_predicted_case(tmp_path, ct_mode
         rows = list(csv.DictReader(stream))
     cases = [entry.case for entry in report.cases]
     assert [(row["case"], row["label"]) for row in rows] == [
-        (case, label) for case in cases for label in ("liver", "tumour")
+        (case, label) for case in cases for label in ("Liver", "Liver tumour")
     ]
     saved = json.loads((output / "predict_report.json").read_text())
     for entry, case in zip(saved["cases"], cases, strict=True):

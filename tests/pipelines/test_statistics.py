@@ -15,7 +15,7 @@ from medseg.pipelines.statistics import (
     largest_structure_centre,
     statistics_csv,
 )
-from medseg.pipelines.structures import Structure, written_structures
+from medseg.pipelines.structures import Structure, dataset_structures
 
 LIVER, TUMOUR = Structure(1, "liver", "#1f77b4"), Structure(2, "tumour", "#ff7f0e")
 
@@ -81,8 +81,8 @@ def test_brats_regions_are_reported_per_written_value():
         paint=(1, 2, 4),
         paint_order=(1, 0, 2),
     )
-    assert [(s.value, s.name) for s in written_structures(scheme)] == [
-        (2, "WT-TC"),
-        (1, "TC-ET"),
-        (4, "ET"),
+    assert [(s.value, s.name) for s in dataset_structures(scheme, "brats")] == [
+        (1, "Necrotic tumour core"),
+        (2, "Peritumoural oedema"),
+        (4, "Enhancing tumour"),
     ]

@@ -288,6 +288,8 @@ def test_a_case_locked_by_a_live_run_is_skipped_and_a_dead_runs_lock_is_taken_ov
     assert result.code == 0, result.out + result.err
     assert "1 segmented, 1 already done" in result.out
     assert sorted(p.name for p in output.iterdir()) == [
+        "labels.ctbl",
+        "labels.itksnap.txt",
         "predict_report.json",
         "statistics.csv",
         "volume-0.nii.gz",
