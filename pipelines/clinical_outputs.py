@@ -74,6 +74,29 @@ class CaseDescriber:
             )
         return [{"case": case.id, **row} for row in rows]
 
+    def catch_up(self, entries: Sequence[Any], cases: Mapping[str, Case], statistics: Path) -> None:
+        """Describe the cases an earlier run segmented (``entries`` of the predict report
+        that were skipped for it) whose rows the ``statistics`` file lacks, or whose preview
+        is asked for and missing, from their label maps; their rows go into the entries.
+        A case that cannot be described is logged; its label map stands."""
+        known = {row.get("case") for row in _read_rows(statistics)}
+        for entry in entries:
+            if entry.status != "skipped" or entry.error is not None or entry.output is None:
+                continue
+            case = cases[entry.case]
+            missing_preview = (
+                self.preview_dir is not None and not (self.preview_dir / f"{case.id}.png").exists()
+            )
+            if printable(case.id) in known and not missing_preview:
+                continue
+            from medseg.pipelines.evaluate import read_volume
+
+            try:
+                written = read_volume(Path(entry.output))
+                entry.statistics = self.describe(case, written.array, written.affine)
+            except Exception as error:  # the finished label map stays as it is
+                logger.warning("%s: cannot describe the earlier output (%s)", case.id, error)
+
 
 def _spacing(case: Case, affine: np.ndarray, ndim: int) -> tuple[float, ...] | None:
     """Voxel size (mm) of the output grid; None for a photo, whose pixels have no size."""
@@ -106,13 +129,19 @@ def merged_rows(
     path: Path, fresh: Mapping[str, Sequence[Mapping[str, Any]]]
 ) -> list[Mapping[str, Any]]:
     """The rows of the statistics file at ``path`` (when it exists and reads) of every case
-    not in ``fresh``, then ``fresh``'s rows: a rerun that skips finished cases keeps their
-    rows, a case segmented again gets new ones."""
+    not in ``fresh``, and ``fresh``'s rows, sorted by case id (each case's rows in label
+    order): a rerun that skips finished cases keeps their rows, a case segmented again gets
+    new ones."""
     redone = {printable(case) for case in fresh}
-    kept: list[Mapping[str, Any]] = []
+    kept = [row for row in _read_rows(path) if row.get("case") not in redone]
+    rows = kept + [row for rows in fresh.values() for row in rows]
+    return sorted(rows, key=lambda row: printable(str(row["case"])))
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of the statistics file at ``path``; none when it is missing or unreadable."""
     try:
         with Path(path).open(newline="", encoding="utf-8") as stream:
-            kept = [row for row in csv.DictReader(stream) if row.get("case") not in redone]
+            return list(csv.DictReader(stream))
     except (OSError, UnicodeDecodeError, csv.Error):
-        kept = []
-    return kept + [row for rows in fresh.values() for row in rows]
+        return []

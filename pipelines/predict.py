@@ -226,6 +226,8 @@ def predict(
     _settle_busy_cases(report, {case.id: case for case in cases})
     order = {case.id: index for index, case in enumerate(cases)}
     report.cases.sort(key=lambda entry: order.get(entry.case, -1))
+    statistics = output_dir / ("statistics.csv" if world == 1 else f"statistics.rank{rank}.csv")
+    describer.catch_up(report.cases, {case.id: case for case in cases}, statistics)
     name = REPORT if world == 1 else f"predict_report.rank{rank}.json"
     payload = {
         "model": report.model,
@@ -235,7 +237,6 @@ def predict(
         "cases": [asdict(c) for c in report.cases],
     }
     _write_report(output_dir / name, json.dumps(payload, indent=1))
-    statistics = output_dir / ("statistics.csv" if world == 1 else f"statistics.rank{rank}.csv")
     fresh = {c.case: c.statistics for c in report.cases if c.statistics is not None}
     _write_report(statistics, lambda: statistics_csv(merged_rows(statistics, fresh)))
     return report

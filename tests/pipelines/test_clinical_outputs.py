@@ -55,6 +55,15 @@ def test_statistics_and_previews_describe_every_predicted_case(tmp_path, ct_mode
         (row["case"], row["label"]) for row in rows
     )
 
+    # Outputs of an earlier run (or an older medseg) without statistics or preview get them.
+    (output / "statistics.csv").unlink()
+    (output / "previews" / f"{cases[1]}.png").unlink()
+    report = predict(ct_model_dir, [str(lits_cases)], output, show_progress=False, preview=True)
+    assert [entry.status for entry in report.cases] == ["skipped", "skipped"]
+    with (output / "statistics.csv").open(newline="") as stream:
+        assert [row["voxels"] for row in csv.DictReader(stream)] == [row["voxels"] for row in again]
+    assert (output / "previews" / f"{cases[1]}.png").is_file()
+
 
 def test_photos_give_png_masks_in_the_dataset_values_and_pixel_metrics(tmp_path, untrained_model):
     from medseg.datasets.isic import LABELS
