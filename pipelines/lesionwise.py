@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.pipelines.metrics import structure_mask, structure_metrics
+from medseg.pipelines.metrics import bounding_box, structure_mask, structure_metrics
 
 DILATION_STEPS = 3
 SMALL_LESION_VOXELS = 50
@@ -61,9 +61,13 @@ def lesionwise_scores(
     cross = ndimage.generate_binary_structure(ndim, 2)
     # Everything happens inside the box of both masks grown by the dilation: nothing outside
     # it can be a lesion, touch one or be touched.
-    box = _grown_box(prediction | reference, DILATION_STEPS)
-    if box is None:
+    tight = bounding_box(prediction | reference)
+    if tight is None:
         return _scores(0, 0, 0, [], [])
+    box = tuple(
+        slice(max(0, s.start - DILATION_STEPS), min(size, s.stop + DILATION_STEPS))
+        for s, size in zip(tight, reference.shape, strict=True)
+    )
     prediction, reference = prediction[box], reference[box]
     predicted = label(prediction, connectivity=ndim)
     grown = ndimage.binary_dilation(reference, structure=cross, iterations=DILATION_STEPS)
@@ -143,17 +147,3 @@ def summarize_lesionwise(rows: Sequence[Mapping[str, Any]], labels: Sequence[str
             entry[count] = int(sum(row[count] for row in own))
         summary[name] = entry
     return summary
-
-
-def _grown_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
-    """The box of ``mask``'s True voxels grown by ``margin`` (within the array); None when
-    the mask is empty."""
-    from scipy import ndimage
-
-    found = ndimage.find_objects(mask.astype(np.uint8))
-    if not found:
-        return None
-    return tuple(
-        slice(max(0, s.start - margin), min(size, s.stop + margin))
-        for s, size in zip(found[0], mask.shape, strict=True)
-    )

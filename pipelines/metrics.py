@@ -137,7 +137,7 @@ def structure_metrics(
     if diagonal_mm is None:
         diagonal_mm = float(np.linalg.norm(np.multiply(pred.shape, spacing)))
 
-    box = _bounding_box(pred | ref) or tuple(slice(0, 0) for _ in pred.shape)
+    box = bounding_box(pred | ref) or tuple(slice(0, 0) for _ in pred.shape)
     # NIfTI arrays come in Fortran order, on which erosion and point listing run slower.
     pred_box, ref_box = np.ascontiguousarray(pred[box]), np.ascontiguousarray(ref[box])
     voxels_pred = int(np.count_nonzero(pred_box))
@@ -210,7 +210,7 @@ def case_metrics(
     # (a 512x512x300 case is 79 M voxels). With no structure anywhere the crop is empty, and
     # every structure takes the both-empty rule.
     scored = structure_mask(pred_labels, scored_values) | structure_mask(ref_labels, scored_values)
-    box = _bounding_box(scored) or tuple(slice(0, 0) for _ in ref_labels.shape)
+    box = bounding_box(scored) or tuple(slice(0, 0) for _ in ref_labels.shape)
     pred_box, ref_box = pred_labels[box], ref_labels[box]
     return [
         {
@@ -328,7 +328,7 @@ def _nearest_distances(targets: np.ndarray, queries: np.ndarray, scale: np.ndarr
     return KDTree(np.argwhere(targets) * scale).query(query_points)[0]
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """Slices of the smallest box holding every True voxel, or None for an empty mask."""
     box = []
     for axis in range(mask.ndim):

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.pipelines.metrics import bounding_box, structure_mask
 from medseg.pipelines.structures import Structure
 
 AXES = ("x", "y", "z")
@@ -60,20 +61,24 @@ def label_statistics(
     ``bbox_max_<axis>`` (inclusive voxel indices, None when empty) and
     ``largest_component_centre`` (voxel indices of its centroid, None when empty).
     """
-    from scipy import ndimage
-
     labels = np.asarray(labels)
     if image is not None and image.shape != labels.shape:
         raise ValueError(f"image shape {image.shape} differs from the labels' {labels.shape}")
-    # One pass over the volume finds every value's box; each structure is then measured
-    # inside its box only.
-    boxes = ndimage.find_objects(labels) if labels.dtype.kind in "iu" else []
+    # One pass over the volume finds the box of all structures; each structure is then
+    # measured inside its own box within it.
+    outer = bounding_box(structure_mask(labels, [s.value for s in structures]))
     unit_size = _unit_size(labels.ndim, spacing)
     rows = []
     for structure in structures:
-        value = structure.value
-        box = boxes[value - 1] if 0 < value <= len(boxes) else _box(labels == value)
-        mask = np.zeros((0,) * labels.ndim, dtype=bool) if box is None else labels[box] == value
+        mask, box = np.zeros((0,) * labels.ndim, dtype=bool), None
+        if outer is not None:
+            inner = bounding_box(labels[outer] == structure.value)
+            if inner is not None:
+                box = tuple(
+                    slice(o.start + i.start, o.start + i.stop)
+                    for o, i in zip(outer, inner, strict=True)
+                )
+                mask = labels[box] == structure.value
         rows.append(_structure_row(structure, mask, box, image, labels.ndim, unit_size))
     return rows
 
@@ -133,18 +138,9 @@ def _structure_row(
     for axis in range(3):
         low = high = None
         if box is not None and axis < ndim:
-            present = np.flatnonzero(mask.any(axis=tuple(a for a in range(ndim) if a != axis)))
-            low, high = box[axis].start + int(present[0]), box[axis].start + int(present[-1])
+            low, high = box[axis].start, box[axis].stop - 1
         row[f"bbox_min_{AXES[axis]}"], row[f"bbox_max_{AXES[axis]}"] = low, high
     return row
-
-
-def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Slices of the smallest box holding every True voxel, None for an empty mask."""
-    from scipy import ndimage
-
-    found = ndimage.find_objects(mask.astype(np.uint8))
-    return found[0] if found else None
 
 
 def largest_structure_centre(rows: Iterable[Mapping[str, Any]]) -> tuple[int, ...] | None:
