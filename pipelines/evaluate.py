@@ -336,7 +336,8 @@ def _score_case(
         reason = f"shape {prediction.array.shape} differs from the reference's"
         return [], [], CaseProblem(case_id, prediction_path, f"{reason} {reference.array.shape}")
     deviation = float(np.max(np.abs(prediction.affine - reference.affine)))
-    if deviation > AFFINE_TOLERANCE:
+    # A PNG mask has no geometry of its own: it lies on its picture's grid.
+    if deviation > AFFINE_TOLERANCE and not prediction_path.name.endswith(".png"):
         reason = (
             f"affine differs from the reference's by up to {deviation:.4g} (tolerance "
             f"{AFFINE_TOLERANCE}); resample the prediction onto the reference grid"

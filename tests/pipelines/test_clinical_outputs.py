@@ -90,6 +90,15 @@ def test_photos_give_png_masks_in_the_dataset_values_and_pixel_metrics(tmp_path,
         assert mask.format == "PNG" and mask.mode == "L"
         assert mask.size == Image.open(image).size
         assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+    # The mask lies on the picture's grid: read back as predict reads the picture, it is
+    # the label map that was written.
+    from medseg.pipelines.evaluate import read_volume
+    from medseg.pipelines.writers import write_label_like
+
+    labels = np.zeros(read_volume(images[0]).array.shape[:2], dtype=np.uint8)
+    labels[3:9, 20:38] = 255
+    written = write_label_like(images[0], labels, tmp_path / "mask.png")
+    np.testing.assert_array_equal(read_volume(written).array, labels)
     stats = json.loads((output / "predict_report.json").read_text())["cases"][0]["statistics"]
     assert stats[0]["volume_ml"] is None and stats[0]["area_mm2"] is None
 
@@ -104,3 +113,38 @@ def test_photos_give_png_masks_in_the_dataset_values_and_pixel_metrics(tmp_path,
     header = (tmp_path / "evaluation" / "metrics.csv").read_text().splitlines()[0]
     assert "voxels_pred" in header and "ml" not in header
     assert (tmp_path / "evaluation" / "lesionwise.csv").is_file()
+
+
+def test_a_png_mask_scored_against_a_tiff_with_a_pixel_size_reports_areas(tmp_path):
+    import tifffile
+
+    from medseg.datasets.base import LabelScheme
+    from medseg.pipelines.evaluate import evaluate
+
+    reference = np.zeros((30, 40), dtype=np.uint8)  # rows x columns, as stored
+    reference[5:15, 10:30] = 1
+    (tmp_path / "ref").mkdir()
+    # 100 pixels per cm: 0.1 mm pixels.
+    tifffile.imwrite(
+        tmp_path / "ref" / "a.tif", reference, resolution=(100, 100), resolutionunit="CENTIMETER"
+    )
+    (tmp_path / "pred").mkdir()
+    prediction = reference.copy()
+    prediction[5:15, 10:20] = 0  # half of it
+    Image.fromarray(prediction).save(tmp_path / "pred" / "a.png")
+    scheme = LabelScheme.classes({"background": 0, "cell": 1})
+    result = evaluate(
+        tmp_path / "pred",
+        {"a": tmp_path / "ref" / "a.tif"},
+        scheme,
+        tmp_path / "evaluation",
+        workers=1,
+        worst_cases=0,
+    )
+    assert not result.problems
+    (row,) = result.rows
+    assert row["dice"] == pytest.approx(2 * 100 / 300)
+    assert (row["voxels_pred"], row["voxels_ref"]) == (100, 200)
+    assert row["area_ref_mm2"] == pytest.approx(200 * 0.01)
+    assert result.summary["rules"]["distance_unit"] == "mm"
+    assert result.summary["labels"]["cell"]["area_diff_mm2"]["mean"] == pytest.approx(-1.0)
