@@ -141,11 +141,11 @@ def draw_preview(
     elif image.ndim == len(shape) + 1 and not colour:
         image = image[..., 0]
     background = grid_panels(image, shape, affine, centre)
-    low, high = (0.0, 255.0) if colour and image.dtype == np.uint8 else (0.0, 1.0)
-    if not colour:
+    if colour:
+        low, high = 0.0, 255.0 if image.dtype == np.uint8 else max(float(np.nanmax(image)), 1.0)
+    else:
         low, high = display_window(image, window)
-    elif image.dtype != np.uint8:
-        high = max(float(np.nanmax(image)), 1.0)
+    high = max(high, low + 1e-6)
     columns = len(background)
     height = 3.2 * len(layers) + 0.9
     figure = Figure(figsize=(3.2 * columns, height))
