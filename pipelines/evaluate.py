@@ -244,6 +244,7 @@ def track_evaluation(
 
     Opens a run in ``experiment`` (nested inside an active one, such as training's) and logs
     the rules as params, ``eval/<metric>/<label>`` means, ``eval/global_dice/<label>``,
+    ``eval/lesionwise_dice/<label>`` and ``eval/lesionwise_hd95/<label>``,
     ``eval/dice_mean`` (mean over labels) and ``eval/problems``, and every written file as
     an artifact.
     """
@@ -252,13 +253,18 @@ def track_evaluation(
     metrics: dict[str, float] = {"eval/problems": float(len(result.problems))}
     label_dice = []
     for label, entry in result.summary["labels"].items():
-        key = re.sub(r"[^\w\-. /]", "_", label)
+        key = _metric_key(label)
         metrics[f"eval/global_dice/{key}"] = entry["global_dice"]
         for metric in SUMMARY_METRICS:
             if metric in entry and entry[metric]["mean"] is not None:
                 metrics[f"eval/{metric}/{key}"] = entry[metric]["mean"]
         if entry["dice"]["mean"] is not None:
             label_dice.append(entry["dice"]["mean"])
+    for label, entry in result.summary["lesionwise"]["labels"].items():
+        key = _metric_key(label)
+        for metric in ("dice", "hd95"):
+            if entry[metric] is not None:
+                metrics[f"eval/lesionwise_{metric}/{key}"] = entry[metric]
     if label_dice:
         metrics["eval/dice_mean"] = float(np.mean(label_dice))
     params = {f"eval.{key}": value for key, value in result.summary["rules"].items()}
@@ -268,6 +274,11 @@ def track_evaluation(
         for path in result.paths.values():
             tracker.log_artifact(path, "evaluation")
     return tracker.run_id
+
+
+def _metric_key(label: str) -> str:
+    """``label`` with the characters MLflow refuses in metric names replaced by ``_``."""
+    return re.sub(r"[^\w\-. /]", "_", label)
 
 
 def _pair_cases(

@@ -195,6 +195,8 @@ def test_track_evaluation_logs_metrics_and_files(dataset, tmp_path, monkeypatch)
         result.summary["labels"]["tumour"]["global_dice"]
     )
     assert "eval/dice_mean" in run.data.metrics
+    lesionwise = result.summary["lesionwise"]["labels"]["tumour"]["dice"]
+    assert run.data.metrics["eval/lesionwise_dice/tumour"] == pytest.approx(lesionwise)
     assert run.data.params["eval.one_empty_distance"] == "diagonal"
     logged = {Path(f.path).name for f in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
     assert logged == {path.name for path in result.paths.values()}
