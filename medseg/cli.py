@@ -301,8 +301,12 @@ def predict(
     ray_gpus_per_actor: Annotated[
         float, typer.Option(min=0.0, help="GPUs each actor reserves.", rich_help_panel="Ray")
     ] = 0.0,
+    preview: Annotated[
+        bool, typer.Option(help="Also draw previews/<case>.png: three slices with outlines.")
+    ] = False,
 ) -> None:
-    """Segment volumes onto their own grid; exit 1 when some cases failed."""
+    """Segment volumes onto their own grid, with statistics.csv; exit 1 when some cases
+    failed."""
     from medseg.pipelines.parts import Part
     from medseg.pipelines.predict import predict as run_prediction
 
@@ -331,6 +335,7 @@ def predict(
         min_slices=min_slices,
         part=Part(part_id, num_parts),
         ray=ray_options,
+        preview=preview,
     )
     done = [c for c in report.cases if c.status == "done"]
     skipped = sum(c.status == "skipped" for c in report.cases)

@@ -326,6 +326,8 @@ def evaluate_folders(
         references.scheme,
         Path(output) if output is not None else Path(pred) / "evaluation",
         images=references.images,
+        modality=references.modality,
+        layout=references.layout,
         tolerance_mm=tolerance_mm,
         rule=rule,
         workers=workers,

@@ -33,22 +33,26 @@ import numpy as np
 from medseg.datasets.base import CaseProblem, LabelScheme
 from medseg.errors import CaseError, ConfigError
 from medseg.files import write_atomic, write_text_atomic
+from medseg.pipelines.lesionwise import COLUMNS as LESIONWISE_COLUMNS
+from medseg.pipelines.lesionwise import RULE as LESIONWISE_RULE
+from medseg.pipelines.lesionwise import case_lesionwise, summarize_lesionwise
 from medseg.pipelines.metrics import (
     DEFAULT_RULE,
     ROW_FIELDS,
     SUMMARY_METRICS,
     EmptyRule,
     case_metrics,
-    structure_mask,
     summarize,
 )
+from medseg.pipelines.planar import distance_unit, has_pixel_size, planar_columns, planar_row
+from medseg.pipelines.previews import SOFT_TISSUE_WINDOW
+from medseg.pipelines.structures import Structure, dataset_structures
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+PREDICTION_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".png")
 AFFINE_TOLERANCE = 1e-4
 CSV_COLUMNS = ("case", "label", *ROW_FIELDS)
-SOURCES = ("reference", "prediction")
 METRIC_AXIS_LABELS = {
     "dice": "Dice",
     "iou": "IoU",
@@ -56,9 +60,11 @@ METRIC_AXIS_LABELS = {
     "assd": "ASSD (mm)",
     "nsd": "NSD",
     "volume_diff_ml": "volume prediction - reference (ml)",
+    "area_diff_mm2": "area prediction - reference (mm²)",
 }
 _CaseJob = tuple[str, Path, Path]
-_CaseResult = tuple[list[dict[str, Any]], CaseProblem | None]
+# Metric rows, lesion-wise rows, and the reason the case could not be scored.
+_CaseResult = tuple[list[dict[str, Any]], list[dict[str, Any]], CaseProblem | None]
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,8 @@ def evaluate(
     workers: int = 2,
     worst_cases: int = 3,
     show_progress: bool = True,
+    modality: str | None = None,
+    layout: str | None = None,
 ) -> EvaluationResult:
     """Score every prediction in ``pred_dir`` against ``references`` and write the report.
 
@@ -144,8 +152,10 @@ def evaluate(
     ``case_metrics`` with ``tolerance_mm`` (NSD) and ``rule`` (empty masks); ``workers``
     processes score cases in parallel (1: in this process; the pool starts them with
     forkserver, so a script calling this needs the ``if __name__ == "__main__":`` guard); the
-    ``worst_cases`` cases of lowest mean Dice get an overlay; ``show_progress`` draws a bar
-    in a terminal (plain logs get a line per case anyway). Raises ``ConfigError`` for
+    ``worst_cases`` cases of lowest mean Dice get an overlay (``previews.draw_preview``; CT,
+    per ``modality``, in a soft-tissue window; names and colours from ``layout``'s label
+    table); ``show_progress`` draws a bar in a terminal (plain logs get a line per case
+    anyway). Raises ``ConfigError`` for
     unusable arguments; problems with single cases do not raise but are returned (and logged
     as warnings).
     """
@@ -170,22 +180,29 @@ def evaluate(
     score = partial(_score_case, scheme=scheme, tolerance_mm=tolerance_mm, rule=rule)
     jobs = [(c, predictions[c], Path(references[c])) for c in sorted(predictions)]
     rows: list[dict[str, Any]] = []
-    for case_rows, problem in _map_cases(score, jobs, workers, show_progress):
+    lesion_rows: list[dict[str, Any]] = []
+    for case_rows, case_lesion_rows, problem in _map_cases(score, jobs, workers, show_progress):
         rows.extend(case_rows)
+        lesion_rows.extend(case_lesion_rows)
         if problem is not None:
             problems.append(problem)
     for problem in problems:
         logger.warning("left out of the evaluation: %s", problem)
 
     worst = _worst_cases(rows, worst_cases)
+    metrics = planar_columns(SUMMARY_METRICS, rows)
     summary = {
         "cases": {
             "references": len(references),
             "predictions": len(predictions),
             "evaluated": len({row["case"] for row in rows}),
         },
-        "rules": {**rule.describe(), "tolerance_mm": tolerance_mm},
-        "labels": summarize(rows, list(scheme.foreground)),
+        "rules": {**rule.describe(), "tolerance_mm": tolerance_mm, **distance_unit(rows)},
+        "labels": summarize(rows, list(scheme.foreground), metrics),
+        "lesionwise": {
+            "rule": LESIONWISE_RULE,
+            "labels": summarize_lesionwise(lesion_rows, list(scheme.foreground)),
+        },
         "worst_cases": [{"case": case_id, "mean_dice": dice} for case_id, dice in worst],
         "problems": [
             {"case": p.case_id, "path": str(p.path), "reason": p.reason} for p in problems
@@ -193,19 +210,31 @@ def evaluate(
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {
-        "metrics_csv": write_text_atomic(output_dir / "metrics.csv", _csv_text(rows)),
+        "metrics_csv": write_text_atomic(
+            output_dir / "metrics.csv", _csv_text(rows, planar_columns(CSV_COLUMNS, rows))
+        ),
+        "lesionwise_csv": write_text_atomic(
+            output_dir / "lesionwise.csv", _csv_text(lesion_rows, LESIONWISE_COLUMNS)
+        ),
         "summary_json": write_text_atomic(
             output_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n"
         ),
     }
-    for metric in SUMMARY_METRICS:
+    for metric in metrics:
         target = output_dir / f"boxplot_{metric}.png"
         paths[f"boxplot_{metric}"] = _boxplot(rows, list(scheme.foreground), metric, target)
     for case_id, dice in worst:
         image = None if images is None else images.get(case_id)
         target = output_dir / f"overlay_{case_id}.png"
         paths[f"overlay_{case_id}"] = _overlay(
-            case_id, dice, predictions[case_id], Path(references[case_id]), image, scheme, target
+            case_id,
+            dice,
+            predictions[case_id],
+            Path(references[case_id]),
+            image,
+            dataset_structures(scheme, layout),
+            target,
+            SOFT_TISSUE_WINDOW if modality == "ct" else None,
         )
     return EvaluationResult(rows, summary, problems, paths)
 
@@ -223,6 +252,7 @@ def track_evaluation(
 
     Opens a run (nested inside an active one, such as training's) and logs the rules as
     params, ``eval/<metric>/<label>`` means, ``eval/global_dice/<label>``,
+    ``eval/lesionwise_dice/<label>`` and ``eval/lesionwise_hd95/<label>``,
     ``eval/dice_mean`` (mean over labels) and ``eval/problems``, and every written file as
     an artifact. ``model`` (default: the one ``predictions/predict_report.json`` names)
     links the run: when its training run is known (``tracking.training_run_id``), the run
@@ -237,13 +267,18 @@ def track_evaluation(
     metrics: dict[str, float] = {"eval/problems": float(len(result.problems))}
     label_dice = []
     for label, entry in result.summary["labels"].items():
-        key = re.sub(r"[^\w\-. /]", "_", label)
+        key = _metric_key(label)
         metrics[f"eval/global_dice/{key}"] = entry["global_dice"]
         for metric in SUMMARY_METRICS:
-            if entry[metric]["mean"] is not None:
+            if metric in entry and entry[metric]["mean"] is not None:
                 metrics[f"eval/{metric}/{key}"] = entry[metric]["mean"]
         if entry["dice"]["mean"] is not None:
             label_dice.append(entry["dice"]["mean"])
+    for label, entry in result.summary["lesionwise"]["labels"].items():
+        key = _metric_key(label)
+        for metric in ("dice", "hd95"):
+            if entry[metric] is not None:
+                metrics[f"eval/lesionwise_{metric}/{key}"] = entry[metric]
     if label_dice:
         metrics["eval/dice_mean"] = float(np.mean(label_dice))
     params = {f"eval.{key}": value for key, value in result.summary["rules"].items()}
@@ -287,6 +322,11 @@ def _experiment_of(run_id: str) -> str | None:
         return str(mlflow.MlflowClient().get_run(run_id).info.experiment_id)
     except Exception:  # a run of another tracking store, or none reachable: no link
         return None
+
+
+def _metric_key(label: str) -> str:
+    """``label`` with the characters MLflow refuses in metric names replaced by ``_``."""
+    return re.sub(r"[^\w\-. /]", "_", label)
 
 
 def _pair_cases(
@@ -352,7 +392,7 @@ def _map_cases(
 
 def _outcome(case_id: str, result: _CaseResult) -> str:
     """``case_id`` and its mean Dice, or that it was left out."""
-    rows, problem = result
+    rows, _, problem = result
     if problem is not None or not rows:
         return f"{case_id} left out"
     return f"{case_id} mean Dice {np.mean([float(row['dice']) for row in rows]):.3f}"
@@ -370,7 +410,7 @@ def _score_case(
             _require_scoring_memory(path)
             volumes.append(_read_labels(path))
         except Exception as error:  # a bad file fails its case, not the batch
-            return [], CaseProblem(case_id, path, f"unreadable: {error}")
+            return [], [], CaseProblem(case_id, path, f"unreadable: {error}")
     prediction, reference = volumes
     for path, volume in ((prediction_path, prediction), (reference_path, reference)):
         outside = sorted(set(np.unique(volume.array).tolist()) - scheme.allowed_values)
@@ -378,17 +418,18 @@ def _score_case(
             shown = ", ".join(map(str, outside[:5])) + (" ..." if len(outside) > 5 else "")
             allowed = ", ".join(map(str, sorted(scheme.allowed_values)))
             reason = f"label values {shown} are outside the label set ({allowed})"
-            return [], CaseProblem(case_id, path, reason)
+            return [], [], CaseProblem(case_id, path, reason)
     if prediction.array.shape != reference.array.shape:
         reason = f"shape {prediction.array.shape} differs from the reference's"
-        return [], CaseProblem(case_id, prediction_path, f"{reason} {reference.array.shape}")
+        return [], [], CaseProblem(case_id, prediction_path, f"{reason} {reference.array.shape}")
     deviation = float(np.max(np.abs(prediction.affine - reference.affine)))
-    if deviation > AFFINE_TOLERANCE:
+    # A PNG mask has no geometry of its own: it lies on its picture's grid.
+    if deviation > AFFINE_TOLERANCE and not prediction_path.name.endswith(".png"):
         reason = (
             f"affine differs from the reference's by up to {deviation:.4g} (tolerance "
             f"{AFFINE_TOLERANCE}); resample the prediction onto the reference grid"
         )
-        return [], CaseProblem(case_id, prediction_path, reason)
+        return [], [], CaseProblem(case_id, prediction_path, reason)
     rows = case_metrics(
         prediction.array,
         reference.array,
@@ -397,8 +438,17 @@ def _score_case(
         tolerance_mm=tolerance_mm,
         rule=rule,
     )
+    if reference.array.ndim == 2:
+        rows = [planar_row(row, has_pixel_size(reference_path)) for row in rows]
+    lesions = case_lesionwise(
+        prediction.array, reference.array, reference.spacing, scheme.foreground
+    )
     logger.debug("scored %s", case_id)
-    return [{"case": case_id, **row} for row in rows], None
+    return (
+        [{"case": case_id, **row} for row in rows],
+        [{"case": case_id, **row} for row in lesions],
+        None,
+    )
 
 
 # Peak memory of scoring one case per voxel, beyond the two label arrays: measured 11.6 B
@@ -448,9 +498,9 @@ def _worst_cases(rows: Sequence[Mapping[str, Any]], count: int) -> list[tuple[st
     return [(case_id, dice) for dice, case_id in means[:count]]
 
 
-def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -484,63 +534,37 @@ def _overlay(
     prediction_path: Path,
     reference_path: Path,
     image_path: Path | None,
-    scheme: LabelScheme,
+    structures: list[Structure],
     target: Path,
+    window: tuple[float, float] | None,
 ) -> Path:
-    """Image (grey), reference (solid) and prediction (dashed) contours of each structure on
-    the middle axial slice of the reference's largest structure."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
+    """The reference's (top row) and the prediction's (bottom row) outlines on the image
+    (``previews.draw_preview``), through the centre of the reference's largest structure
+    (the prediction's when the reference is empty)."""
+    from medseg.pipelines.previews import draw_preview
+    from medseg.pipelines.statistics import label_statistics, largest_structure_centre
 
     reference = _read_labels(reference_path)
     prediction = _read_labels(prediction_path).array
-    masks = {
-        name: (structure_mask(reference.array, values), structure_mask(prediction, values))
-        for name, values in scheme.foreground.items()
-    }
-    largest = max(masks, key=lambda name: int(np.count_nonzero(masks[name][0])))
-    background = np.zeros(reference.array.shape, dtype=np.float32)
+    centre = largest_structure_centre(label_statistics(reference.array, structures, None))
+    if centre is None:
+        centre = largest_structure_centre(label_statistics(prediction, structures, None))
+    image = None
     if image_path is not None:
         try:
             image = read_volume(Path(image_path)).array
         except Exception as error:  # the image only decorates the overlay
             logger.warning("%s: overlay drawn without its image (%s)", case_id, error)
-            image = background
-        if image.ndim == reference.array.ndim + 1:
-            image = image[..., 0]
-        if image.shape == reference.array.shape:
-            background = image.astype(np.float32)
-        else:
+        if image is not None and image.shape[: reference.array.ndim] != reference.array.shape:
             logger.warning("%s: image shape %s differs from the reference's", case_id, image.shape)
-    index: tuple[Any, ...] = ()
-    if reference.array.ndim == 3:
-        mask = masks[largest][0] if masks[largest][0].any() else masks[largest][1]
-        slices = np.flatnonzero(mask.any(axis=(0, 1)))
-        middle = (slices[0] + slices[-1]) // 2 if slices.size else reference.array.shape[2] // 2
-        index = (slice(None), slice(None), int(middle))
-    low, high = np.percentile(background[index], (1, 99))
-    figure = Figure(figsize=(6, 6), layout="constrained")
-    axes = figure.add_subplot()
-    axes.imshow(
-        background[index].T, cmap="gray", origin="lower", vmin=low, vmax=max(high, low + 1e-6)
+            image = None
+    return draw_preview(
+        target,
+        image,
+        reference.affine,
+        [("reference", reference.array), ("prediction", prediction)],
+        structures,
+        centre=centre,
+        window=window,
+        title=f"{case_id}: mean Dice {mean_dice:.3f}",
     )
-    axes.set_aspect(reference.spacing[1] / reference.spacing[0])
-    handles = []
-    for number, (name, structure_masks) in enumerate(masks.items()):
-        colour = f"C{number % 10}"
-        for mask, style, source in zip(structure_masks, ("solid", "dashed"), SOURCES, strict=True):
-            if mask[index].any():
-                axes.contour(
-                    mask[index].T.astype(np.uint8),
-                    levels=[0.5],
-                    colors=[colour],
-                    linestyles=style,
-                    linewidths=1.2,
-                    origin="lower",
-                )
-            handles.append(Line2D([], [], color=colour, linestyle=style, label=f"{name} {source}"))
-    axes.legend(handles=handles, loc="upper right", fontsize="small")
-    where = f", slice {index[2]}" if index else ""
-    axes.set_title(f"{case_id}: mean Dice {mean_dice:.3f}{where}")
-    axes.set_axis_off()
-    return write_atomic(target, lambda path: figure.savefig(path, format="png", dpi=100))

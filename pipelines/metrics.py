@@ -137,7 +137,7 @@ def structure_metrics(
     if diagonal_mm is None:
         diagonal_mm = float(np.linalg.norm(np.multiply(pred.shape, spacing)))
 
-    box = _bounding_box(pred | ref) or tuple(slice(0, 0) for _ in pred.shape)
+    box = bounding_box(pred | ref) or tuple(slice(0, 0) for _ in pred.shape)
     # NIfTI arrays come in Fortran order, on which erosion and point listing run slower.
     pred_box, ref_box = np.ascontiguousarray(pred[box]), np.ascontiguousarray(ref[box])
     voxels_pred = int(np.count_nonzero(pred_box))
@@ -210,7 +210,7 @@ def case_metrics(
     # (a 512x512x300 case is 79 M voxels). With no structure anywhere the crop is empty, and
     # every structure takes the both-empty rule.
     scored = structure_mask(pred_labels, scored_values) | structure_mask(ref_labels, scored_values)
-    box = _bounding_box(scored) or tuple(slice(0, 0) for _ in ref_labels.shape)
+    box = bounding_box(scored) or tuple(slice(0, 0) for _ in ref_labels.shape)
     pred_box, ref_box = pred_labels[box], ref_labels[box]
     return [
         {
@@ -240,13 +240,18 @@ def structure_mask(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
     return mask
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
+def summarize(
+    rows: Sequence[Mapping[str, Any]],
+    labels: Sequence[str],
+    metrics: Sequence[str] = SUMMARY_METRICS,
+) -> dict[str, Any]:
     """Statistics per label over the case rows (each with ``case``, ``label`` and ROW_FIELDS).
 
     Returns ``{label: {metric: {"mean", "std", "median", "count", "nan_count", "nan_cases"},
     "global_dice": float, "empty": {"both"|"pred"|"ref": [case ids]}}}`` for every metric of
-    ``SUMMARY_METRICS``. Statistics are over the non-NaN rows (``std`` is the population
-    standard deviation, ddof=0); NaN rows are counted in ``nan_count`` and named in
+    ``metrics`` (2D cases have areas or pixel counts instead of volumes: ``planar``).
+    Statistics are over the non-NaN rows (``std`` is the population standard deviation,
+    ddof=0); NaN rows are counted in ``nan_count`` and named in
     ``nan_cases``; a statistic over no rows is None (JSON null). ``global_dice`` pools the
     voxels of all cases (LiTS "Dice global": 2 * sum(overlap) / (sum(pred) + sum(ref))), 1.0
     when the label is empty everywhere.
@@ -254,9 +259,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> dict[
     summary: dict[str, Any] = {}
     for label in labels:
         label_rows = [row for row in rows if row["label"] == label]
-        entry: dict[str, Any] = {
-            metric: _statistics(label_rows, metric) for metric in SUMMARY_METRICS
-        }
+        entry: dict[str, Any] = {metric: _statistics(label_rows, metric) for metric in metrics}
         entry["global_dice"] = global_dice(label_rows)
         entry["empty"] = {
             kind: [row.get("case") for row in label_rows if row["empty"] == kind]
@@ -325,7 +328,7 @@ def _nearest_distances(targets: np.ndarray, queries: np.ndarray, scale: np.ndarr
     return KDTree(np.argwhere(targets) * scale).query(query_points)[0]
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """Slices of the smallest box holding every True voxel, or None for an empty mask."""
     box = []
     for axis in range(mask.ndim):

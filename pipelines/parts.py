@@ -43,11 +43,18 @@ class Part:
             if index % self.num_parts == self.part_id
         }
 
-    def report_name(self, rank: int = 0, world_size: int = 1) -> str:
+    def report_name(
+        self,
+        rank: int = 0,
+        world_size: int = 1,
+        base: str = "predict_report",
+        suffix: str = ".json",
+    ) -> str:
         """The file name of this part's report (of torchrun rank ``rank`` of ``world_size``):
         ``predict_report.json``, ``predict_report.part-I-of-N.json``,
-        ``predict_report.rank<R>.json`` or ``predict_report.rank<R>.part-I-of-N.json``."""
-        stem = "predict_report" if world_size == 1 else f"predict_report.rank{rank}"
+        ``predict_report.rank<R>.json`` or ``predict_report.rank<R>.part-I-of-N.json``; other
+        per-part files name themselves alike with their own ``base`` and ``suffix``."""
+        stem = base if world_size == 1 else f"{base}.rank{rank}"
         if self.whole:
-            return f"{stem}.json"
-        return f"{stem}.part-{self.part_id}-of-{self.num_parts}.json"
+            return f"{stem}{suffix}"
+        return f"{stem}.part-{self.part_id}-of-{self.num_parts}{suffix}"

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from medseg.errors import CaseError, ConfigError
 from medseg.files import remove_stale_temporaries, require_outside, write_atomic, write_text_atomic
 from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
 from medseg.pipelines.cases import collect_cases
+from medseg.pipelines.clinical_outputs import CaseDescriber, merged_rows
 from medseg.pipelines.dicom_seg import seg_path, write_dicom_seg
 from medseg.pipelines.inference import resolve_device, resolve_precision
 from medseg.pipelines.label_files import write_label_files
@@ -41,6 +42,7 @@ from medseg.pipelines.output_formats import (
 )
 from medseg.pipelines.parts import Part
 from medseg.pipelines.segmenter import Segmentation, Segmenter
+from medseg.pipelines.statistics import statistics_csv
 from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name, write_label_like
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ class CaseReport:
     skipped_windows: int = 0
     error: str | None = None
     dicom_seg: str | None = None
+    statistics: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -131,6 +134,7 @@ def predict(
     min_slices: int = 5,
     part: Part | None = None,
     ray: RayOptions | None = None,
+    preview: bool = False,
 ) -> PredictReport:
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
@@ -142,7 +146,10 @@ def predict(
     affine); for DICOM series ``<case_id>.seg.dcm`` (``output_format``: see
     ``output_formats``). ``predict_report.json`` (``predict_report.rank<R>.json`` under
     torchrun) lists every case, the model's label table and what DICOM folder trees left out
-    (``series_modalities`` and ``min_slices`` select their series: see ``series_rules``).
+    (``series_modalities`` and ``min_slices`` select their series: see ``series_rules``),
+    with each segmented case's statistics, which ``statistics.csv``
+    (``statistics.rank<R>.csv``) also holds; ``preview`` draws ``previews/<case_id>.png``
+    (``clinical_outputs``).
     ``part`` takes one part of the sorted case list (its report is
     ``predict_report.part-I-of-N.json``, see ``pipelines/parts.py``); ``ray`` segments on a
     Ray cluster instead of in this process (see ``pipelines/ray_predict.py``). Raises
@@ -171,7 +178,9 @@ def predict(
     table = label_table(config)
     outputs = plan_outputs(output_format, table, config, cases)
     write_label_files(output_dir, table)
-    report_name = part.report_name(rank, world)
+    describer = CaseDescriber.for_model(config, output_dir, preview)
+    spatial_dims = config.preprocessing.spatial_dims
+    names = (part.report_name(rank, world), part.report_name(rank, world, "statistics", ".csv"))
     fields = {"rank": rank, "world_size": world, "part_id": part.part_id}
     fields |= {"num_parts": part.num_parts, "cohort": sorted(cohort)}
     fields |= {
@@ -188,11 +197,14 @@ def predict(
         settings = {"overlap": overlap, "prune_level": prune_level, "device": device}
         settings |= {"precision": precision, "tta": tta, "skip_empty": skip_empty}
         settings |= {"apply_postprocessing": apply_postprocessing, "outputs": outputs}
+        settings |= {"describer": describer}
         settings |= {"save_probabilities": save_probabilities, "overwrite": overwrite}
         report = start_report(str(model), problems, skipped_inputs)
-        todo = pending_cases(cases, output_dir, overwrite, save_probabilities, outputs, report)
+        todo = pending_cases(
+            cases, output_dir, spatial_dims, overwrite, save_probabilities, outputs, report
+        )
         report.cases += predict_on_ray(ray, str(model), todo, settings, show_progress)
-        save_report(report, cases, outputs, output_dir / report_name, fields)
+        save_report(report, cases, outputs, describer, output_dir, names, fields)
         return report
     target_device = resolve_device(device)
     segmenter = Segmenter(
@@ -209,7 +221,9 @@ def predict(
     # ones need not stay in memory beside them.
     del models
     report = start_report(str(model), problems, skipped_inputs)
-    todo = pending_cases(cases, output_dir, overwrite, save_probabilities, outputs, report)
+    todo = pending_cases(
+        cases, output_dir, spatial_dims, overwrite, save_probabilities, outputs, report
+    )
     from medseg.pipelines.progress import task_progress
 
     held: list[CaseLock] = []
@@ -243,7 +257,9 @@ def predict(
                         case.id, "done", str(target), 0.0, result.windows, result.skipped
                     )
                     _name_outputs(entry, case, target, outputs)
-                    job = writer.submit(_write, case, result, target, save_probabilities, outputs)
+                    job = writer.submit(
+                        _write, case, result, target, save_probabilities, outputs, describer
+                    )
                 except Exception as error:
                     _fail(entry, case, error)
                     lock.release()
@@ -259,7 +275,7 @@ def predict(
         finally:
             for lock in held:
                 lock.release()
-    save_report(report, cases, outputs, output_dir / report_name, fields)
+    save_report(report, cases, outputs, describer, output_dir, names, fields)
     return report
 
 
@@ -279,6 +295,7 @@ def start_report(model: str, problems: list[CaseProblem], skipped_inputs: int) -
 def pending_cases(
     cases: list[Case],
     output_dir: Path,
+    spatial_dims: int,
     overwrite: bool,
     save_probabilities: bool,
     outputs: OutputPlan,
@@ -286,10 +303,11 @@ def pending_cases(
 ) -> list[tuple[Case, Path]]:
     """The ``(case, output path)`` pairs still to segment; each case with complete outputs
     (unless ``overwrite``) is reported as skipped instead, and one whose asked-for outputs
-    cannot be made (a DICOM SEG of a non-DICOM input) as failed."""
+    cannot be made (a DICOM SEG of a non-DICOM input) as failed. ``spatial_dims`` is the
+    model's (2: pictures give PNG masks)."""
     todo = []
     for case in cases:
-        target = output_dir / output_name(case.id, case.image[0])
+        target = output_dir / output_name(case.id, case.image[0], spatial_dims)
         try:
             outputs.for_case(case)
         except CaseError as error:
@@ -309,17 +327,25 @@ def save_report(
     report: PredictReport,
     cases: list[Case],
     outputs: OutputPlan,
-    path: Path,
+    describer: CaseDescriber,
+    output_dir: Path,
+    names: tuple[str, str],
     fields: dict[str, Any],
 ) -> None:
-    """Settle the cases other runs held, put the entries in input order and write the
-    report to ``path`` with ``fields`` (rank, part, the whole cohort, the label table, the
-    inputs left out)."""
-    _settle_busy_cases(report, {case.id: case for case in cases}, outputs)
+    """Settle the cases other runs held, describe the finished cases an earlier run left
+    without statistics or preview, put the entries in input order and write the report
+    and the statistics file (``names``: their names in ``output_dir``), the report with
+    ``fields`` (rank, part, the whole cohort, the label table, the inputs left out)."""
+    by_id = {case.id: case for case in cases}
+    _settle_busy_cases(report, by_id, outputs)
+    statistics = output_dir / names[1]
+    describer.catch_up(report.cases, by_id, statistics)
     order = {case.id: index for index, case in enumerate(cases)}
     report.cases.sort(key=lambda entry: order.get(entry.case, -1))
     payload = {"model": report.model, **fields, "cases": [asdict(c) for c in report.cases]}
-    _write_report(path, json.dumps(payload, indent=1))
+    _write_report(output_dir / names[0], json.dumps(payload, indent=1))
+    fresh = {c.case: c.statistics for c in report.cases if c.statistics is not None}
+    _write_report(statistics, lambda: statistics_csv(merged_rows(statistics, fresh)))
 
 
 def _claims(
@@ -350,10 +376,11 @@ def _claims(
         yield case, target, lock
 
 
-def _write_report(path: Path, text: str) -> None:
+def _write_report(path: Path, text: str | Callable[[], str]) -> None:
     """Write the report atomically under its own lock, first removing the temporaries a
     killed run left: every writer of the report holds the lock, so none is live. Without
-    the lock within a minute the report is still written, the cleanup left for later."""
+    the lock within a minute the report is still written, the cleanup left for later.
+    ``text`` may be a function, called under the lock (to merge with what is there)."""
     deadline = time.monotonic() + 60
     lock = try_lock(path)
     while lock is None and time.monotonic() < deadline:
@@ -362,7 +389,7 @@ def _write_report(path: Path, text: str) -> None:
     try:
         if lock is not None:
             remove_stale_temporaries(path)
-        write_text_atomic(path, text)
+        write_text_atomic(path, text() if callable(text) else text)
     finally:
         if lock is not None:
             lock.release()
@@ -435,7 +462,7 @@ def _fail(entry: CaseReport, case: Case, error: BaseException) -> None:
 
 def _finish(job: Future, entry: CaseReport, lock: CaseLock) -> None:
     try:
-        job.result()
+        entry.statistics = job.result()
     except Exception as error:  # a write failure (full disk, permissions) fails its case only
         entry.status, entry.output, entry.dicom_seg = "failed", None, None
         entry.error = f"{entry.case}: cannot write output ({error})"
@@ -456,7 +483,9 @@ def _write(
     target: Path,
     save_probabilities: bool,
     outputs: OutputPlan,
-) -> None:
+    describer: CaseDescriber,
+) -> list[dict[str, Any]]:
+    """Write the case's outputs; return its statistics rows."""
     reference = case.image[0]
     kept = (".nii", ".nii.gz", *KEPT_FORMATS)
     label_map, dicom_seg = outputs.for_case(case)
@@ -469,7 +498,8 @@ def _write(
             seg_path(target.parent, case.id),
             algorithm=outputs.algorithm,
         )
-    if label_map and (reference.is_dir() or not reference.name.lower().endswith(kept)):
+    foreign = reference.is_dir() or not reference.name.lower().endswith(kept)
+    if label_map and not target.name.endswith(".png") and foreign:
         import nibabel as nib
 
         image = nib.Nifti1Image(result.labels, result.affine)
@@ -487,3 +517,4 @@ def _write(
                 temporary, probabilities=result.probabilities, affine=result.affine
             ),
         )
+    return describer.describe(case, result.labels, result.affine)

@@ -94,8 +94,8 @@ class CaseWorker:
 
     ``model`` is a model spec as ``predict`` takes it; ``settings`` holds ``predict``'s
     keyword arguments (overlap, prune_level, device, precision, tta, skip_empty,
-    apply_postprocessing, save_probabilities, overwrite) and ``outputs``, the run's
-    ``OutputPlan``.
+    apply_postprocessing, save_probabilities, overwrite), ``outputs`` (the run's
+    ``OutputPlan``) and ``describer`` (its ``CaseDescriber``).
     """
 
     def __init__(self, model: str, settings: dict[str, Any]) -> None:
@@ -154,7 +154,8 @@ class CaseWorker:
                     claimed.id, "done", str(target), 0.0, result.windows, result.skipped
                 )
                 _name_outputs(entry, claimed, target, outputs)
-                job = self.writer.submit(_write, claimed, result, target, keep, outputs)
+                describer = self.settings["describer"]
+                job = self.writer.submit(_write, claimed, result, target, keep, outputs, describer)
                 _finish(job, entry, lock)
             entry.seconds = round(time.perf_counter() - started, 3)
             report.cases.append(entry)

@@ -13,11 +13,14 @@ from medseg.pipelines.cases import IMAGE_SUFFIXES, strip_suffix
 
 @dataclass
 class References:
-    """Reference label file and (when known) image file per case id, and the label scheme."""
+    """Reference label file and (when known) image file per case id, the label scheme, and
+    (when known) the images' modality (``ct``, ``mri``, ...) and the dataset's layout."""
 
     labels: dict[str, Path]
     scheme: LabelScheme
     images: dict[str, Path] | None = None
+    modality: str | None = None
+    layout: str | None = None
 
 
 def parse_labels(text: str) -> LabelScheme:
@@ -60,6 +63,8 @@ def find_references(ref_dir: Path, *, layout: str | None, labels: str | None) ->
                 {c.id: c.label for c in index.cases if c.label is not None},
                 index.labels,
                 {c.id: c.image[0] for c in index.cases},
+                index.modality,
+                index.layout,
             )
     raise ConfigError(
         f"{ref_dir}: not a dataset in a known layout; give --layout, or --labels name=value,... "

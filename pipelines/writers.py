@@ -14,12 +14,17 @@ from medseg.files import write_atomic
 # header with a separate data file (.mhd, .nhdr) gets the single-file form of its format,
 # so an output is always one file and its write stays atomic.
 KEPT_FORMATS = {".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd"}
+# 2D pictures whose masks are written as PNG, in the dataset's own label values (ISIC 0/255).
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def output_name(case_id: str, reference: Path) -> str:
+def output_name(case_id: str, reference: Path, spatial_dims: int = 3) -> str:
     """``<case_id>`` plus the reference's file type: MetaImage stays MetaImage (``.mha``),
-    NRRD stays NRRD (``.nrrd``), everything else (NIfTI, DICOM, TIFF ...) gives ``.nii.gz``."""
+    NRRD stays NRRD (``.nrrd``), a 2D picture (PNG, JPEG, BMP, TIFF; ``spatial_dims`` 2)
+    gives a PNG mask, everything else (NIfTI, DICOM, 3D TIFF ...) gives ``.nii.gz``."""
     name = reference.name.lower()
+    if spatial_dims == 2 and name.endswith(PICTURE_SUFFIXES) and not reference.is_dir():
+        return f"{case_id}.png"
     for suffix, kept in KEPT_FORMATS.items():
         if name.endswith(suffix) and not reference.is_dir():
             return f"{case_id}{kept}"
@@ -42,7 +47,7 @@ def finished_output(target: Path, reference: Path) -> bool:
         return False
     if output.shape != source.shape or output.channels != 1:
         return False
-    if source.affine is None:
+    if source.affine is None or target.name.endswith(".png"):
         return True  # a bitmap (PNG, JPEG) has no geometry to compare
     return output.affine is not None and bool(np.allclose(output.affine, source.affine, atol=1e-3))
 
@@ -72,12 +77,18 @@ def write_label_like(
     """Write ``labels`` (uint8, the reference's spatial shape in file index order) to
     ``target`` with the reference file's geometry, atomically.
 
+    PNG (``target`` ends in ``.png``): an 8-bit grey picture, rows along the second axis.
     NIfTI: the reference header's geometry fields (qform/sform, their codes, pixdim)
     are copied as stored, intensity scaling is cleared and the data type is uint8. Other
     formats: origin, spacing and direction copied by SimpleITK. ``description`` (at most 80
     ASCII characters) replaces a NIfTI header's ``descrip``.
     """
     labels = np.asarray(labels, dtype=np.uint8)
+    if target.name.endswith(".png"):
+        from PIL import Image
+
+        picture = Image.fromarray(np.ascontiguousarray(labels.T))
+        return write_atomic(target, lambda path: picture.save(path, format="PNG"))
     if target.name.endswith((".nii", ".nii.gz")):
         image = nifti_label_image(nib.load(reference), labels, description)
         return write_atomic(target, lambda path: nib.save(image, path))

@@ -119,7 +119,7 @@ def test_evaluate_writes_rows_summary_and_plots_and_reports_problems(dataset):
     assert [case["case"] for case in summary["worst_cases"]] == ["c", "b"]
 
     pngs = [f"boxplot_{metric}" for metric in SUMMARY_METRICS] + ["overlay_c", "overlay_b"]
-    assert set(result.paths) == {"metrics_csv", "summary_json", *pngs}
+    assert set(result.paths) == {"metrics_csv", "summary_json", "lesionwise_csv", *pngs}
     for name in pngs:
         assert result.paths[name].read_bytes()[:8] == PNG_MAGIC
     assert not [p for p in dataset["out"].iterdir() if p.name.startswith(".")]
@@ -195,6 +195,8 @@ def test_track_evaluation_logs_metrics_and_files(dataset, tmp_path, monkeypatch)
         result.summary["labels"]["tumour"]["global_dice"]
     )
     assert "eval/dice_mean" in run.data.metrics
+    lesionwise = result.summary["lesionwise"]["labels"]["tumour"]["dice"]
+    assert run.data.metrics["eval/lesionwise_dice/tumour"] == pytest.approx(lesionwise)
     assert run.data.params["eval.one_empty_distance"] == "diagonal"
     logged = {Path(f.path).name for f in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
     assert logged == {path.name for path in result.paths.values()}

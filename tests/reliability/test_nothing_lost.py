@@ -291,6 +291,7 @@ def test_a_case_locked_by_a_live_run_is_skipped_and_a_dead_runs_lock_is_taken_ov
         "labels.ctbl",
         "labels.itksnap.txt",
         "predict_report.json",
+        "statistics.csv",
         "volume-0.nii.gz",
         "volume-1.nii.gz",
     ]
