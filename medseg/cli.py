@@ -256,7 +256,11 @@ def predict(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[
-        str, typer.Option(help="auto (half on CUDA, fp32 on CPU), fp32, fp16 or bf16.")
+        str,
+        typer.Option(
+            help="auto (half on CUDA, fp32 on CPU), fp32, fp16 or bf16 (also on CPUs with "
+            "AMX or AVX-512 BF16)."
+        ),
     ] = "auto",
     skip_empty: Annotated[
         bool, typer.Option(help="Reuse one answer for all constant (background) windows.")

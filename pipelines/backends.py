@@ -124,21 +124,26 @@ def prepare_network(
     backend: str = "torch",
     *,
     prune_level: int | None = None,
+    precision: torch.dtype | None = None,
 ) -> nn.Module:
     """``network`` ready for sliding-window inference on ``device`` with ``backend``.
 
     ``torch``: ``inference_network`` (on the CPU its channels-last copy); ``onnxruntime``
     or ``openvino``: a ``RuntimeNetwork`` over the cached ONNX export of ``network`` (of
     head ``prune_level`` for UNet++); ``auto``: ``AUTO_BACKEND``'s choice for the network,
-    torch on other devices than the CPU or when that choice is unavailable (logged).
-    Raises ``ConfigError`` (see ``require_backend``) or ``ExportError`` for a named
-    backend that cannot run the network.
+    torch on other devices than the CPU, with an autocast ``precision`` (only torch has
+    one), or when that choice is unavailable (logged). Raises ``ConfigError`` (see
+    ``require_backend``; also for a ``precision`` with another backend than torch) or
+    ``ExportError`` for a named backend that cannot run the network.
     """
     require_backend(backend, device)
+    if precision is not None and backend not in ("auto", "torch"):
+        raise ConfigError(f"backend {backend} runs fp32; --precision applies to torch")
     network = network.to(device).eval()
     chosen = backend
     if backend == "auto":
-        chosen = AUTO_BACKEND.get(config.network.name, "torch") if device.type == "cpu" else "torch"
+        on_cpu = device.type == "cpu" and precision is None
+        chosen = AUTO_BACKEND.get(config.network.name, "torch") if on_cpu else "torch"
         if chosen != "torch" and not _installed(chosen):
             logger.info("backend auto: %s is not installed; running torch", _PACKAGES[chosen])
             chosen = "torch"

@@ -122,7 +122,9 @@ class Segmenter:
                         f"--prune-level {prune_level}: this model has levels 1..{levels}"
                     )
         self.networks = [
-            prepare_network(config, network, device, backend, prune_level=prune_level)
+            prepare_network(
+                config, network, device, backend, prune_level=prune_level, precision=precision
+            )
             for config, network in models
         ]
         self._check_window_memory(device)
