@@ -80,6 +80,8 @@ def test_export_is_cached_by_the_weights(cache_home, brats_model_dir):
         network.heads[-1].bias.add_(1.0)
     assert export_key(config, network, None) != key  # new weights, new export
     assert export_key(config, network, 1) != export_key(config, network, None)
+    # batch norm's step counter is a 0-dim integer buffer (H-DenseUNet, 2D UNet++)
+    assert len(export_key(config, torch.nn.BatchNorm3d(2), None)) == 64
 
 
 def test_missing_runtime_is_one_line_and_exit_2(
