@@ -38,7 +38,7 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # Measured by benchmarks/backends.py (see benchmarks/README.md, section 7): per network the
 # fastest backend whose labels agreed with torch on >= 99.9 % of voxels at both input sizes.
 AUTO_BACKEND: dict[str, str] = {
-    "unetpp": "torch",
+    "unetpp": "openvino",
     "hdenseunet": "torch",
     "swin_unetr": "torch",
     "att_swinunet": "torch",
