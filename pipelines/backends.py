@@ -10,8 +10,9 @@ temporary name and renamed, so concurrent runs that both miss the cache each fin
 complete file (the last rename wins; both are the same network).
 
 ``auto`` takes, per network, the backend that ``benchmarks/backends.py`` measured fastest
-among those whose labels agree with torch on >= 99.9 % of voxels (``AUTO_BACKEND``); when
-that backend is not installed or cannot export the network it falls back to torch and logs
+among those whose labels agree with torch on >= 99.9 % of voxels (``AUTO_BACKEND``), for
+the small presets and up (tiny ones keep torch, ``AUTO_TORCH_PRESETS``); when that
+backend is not installed or cannot export the network it falls back to torch and logs
 why. Other devices than the CPU always run torch.
 """
 
@@ -43,6 +44,10 @@ AUTO_BACKEND: dict[str, str] = {
     "swin_unetr": "torch",
     "att_swinunet": "torch",
 }
+# auto keeps torch for these presets: the backends were measured on the small presets, and
+# for a network as small as a tiny one the one-time export (seconds to minutes) would
+# hardly pay back on the forwards it saves.
+AUTO_TORCH_PRESETS = frozenset({"tiny"})
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 _EXTRAS = {"onnxruntime": "export", "openvino": "fast"}
 
@@ -132,9 +137,10 @@ def prepare_network(
     or ``openvino``: a ``RuntimeNetwork`` over the cached ONNX export of ``network`` (of
     head ``prune_level`` for UNet++); ``auto``: ``AUTO_BACKEND``'s choice for the network,
     torch on other devices than the CPU, with an autocast ``precision`` (only torch has
-    one), or when that choice is unavailable (logged). Raises ``ConfigError`` (see
-    ``require_backend``; also for a ``precision`` with another backend than torch) or
-    ``ExportError`` for a named backend that cannot run the network.
+    one), for a preset in ``AUTO_TORCH_PRESETS``, or when that choice is unavailable
+    (logged). Raises ``ConfigError`` (see ``require_backend``; also for a ``precision``
+    with another backend than torch) or ``ExportError`` for a named backend that cannot
+    run the network.
     """
     require_backend(backend, device)
     if precision is not None and backend not in ("auto", "torch"):
@@ -144,6 +150,8 @@ def prepare_network(
     if backend == "auto":
         on_cpu = device.type == "cpu" and precision is None
         chosen = AUTO_BACKEND.get(config.network.name, "torch") if on_cpu else "torch"
+        if config.network.preset in AUTO_TORCH_PRESETS:
+            chosen = "torch"
         if chosen != "torch" and not _installed(chosen):
             logger.info("backend auto: %s is not installed; running torch", _PACKAGES[chosen])
             chosen = "torch"

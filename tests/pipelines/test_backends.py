@@ -106,6 +106,7 @@ def test_unknown_backend_exits_2(medseg_cli, brats_model_dir, case_image, tmp_pa
 
 def test_auto_falls_back_to_torch_and_says_why(monkeypatch, caplog, brats_model_dir):
     monkeypatch.setitem(backends.AUTO_BACKEND, "unetpp", "openvino")
+    monkeypatch.setattr(backends, "AUTO_TORCH_PRESETS", frozenset())
     monkeypatch.setitem(sys.modules, "openvino", None)
     config, network = open_model(brats_model_dir)
     with caplog.at_level(logging.INFO, logger="medseg.pipelines.backends"):
