@@ -40,7 +40,7 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # fastest backend whose labels agreed with torch on >= 99.9 % of voxels at both input sizes.
 AUTO_BACKEND: dict[str, str] = {
     "unetpp": "openvino",
-    "hdenseunet": "torch",
+    "hdenseunet": "openvino",
     "swin_unetr": "torch",
     "att_swinunet": "torch",
 }
