@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # Measured by benchmarks/backends.py (see benchmarks/README.md, section 7): per network the
-# fastest backend whose labels agreed with torch on >= 99.9 % of voxels at both input sizes.
+# fastest backend whose labels agreed with torch on >= 99.9 % of voxels (small presets,
+# a BraTS-size crop); torch where a backend was not measured faster.
 AUTO_BACKEND: dict[str, str] = {
     "unetpp": "openvino",
     "hdenseunet": "openvino",
