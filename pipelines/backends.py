@@ -42,7 +42,7 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 AUTO_BACKEND: dict[str, str] = {
     "unetpp": "openvino",
     "hdenseunet": "openvino",
-    "swin_unetr": "torch",
+    "swin_unetr": "openvino",
     "att_swinunet": "torch",
 }
 # auto keeps torch for these presets: the backends were measured on the small presets, and
