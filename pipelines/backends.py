@@ -49,6 +49,9 @@ AUTO_BACKEND: dict[str, str] = {
 # for a network as small as a tiny one the one-time export (seconds to minutes) would
 # hardly pay back on the forwards it saves.
 AUTO_TORCH_PRESETS = frozenset({"tiny"})
+# Largest absolute logit difference from torch a runtime may show on its check window;
+# float32 runtimes measured 1e-6 to 1e-5 (export.TOLERANCE is 1e-4 for the file itself).
+RUNTIME_TOLERANCE = 1e-3
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 _EXTRAS = {"onnxruntime": "export", "openvino": "fast"}
 
@@ -180,7 +183,35 @@ def _runtime_network(
         logger.info("exporting %s to %s for %s", config.network.name, path, backend)
         export_network(config, network, "onnx", folder, prune_level=prune_level)
     run = _SESSIONS[backend](path)
+    _check_against_torch(run, network, config, backend, prune_level)
     return RuntimeNetwork(run, backend, getattr(network, "levels", None))
+
+
+def _check_against_torch(
+    run: Callable[[np.ndarray], np.ndarray],
+    network: nn.Module,
+    config: ModelConfig,
+    backend: str,
+    prune_level: int | None,
+) -> None:
+    """Refuse (``ExportError``) a runtime whose logits on one random window differ from
+    torch's by more than ``RUNTIME_TOLERANCE``: the export was checked with ONNX Runtime,
+    this checks the runtime that will serve it."""
+    from medseg.pipelines.export import ExportError
+
+    generator = torch.Generator().manual_seed(0)
+    window = torch.randn(
+        (1, config.network.in_channels, *config.inference.roi_size), generator=generator
+    )
+    options = {} if prune_level is None else {"prune_level": prune_level}
+    with torch.inference_mode():
+        expected = network(window, **options).numpy()
+    error = float(np.abs(run(window.numpy()) - expected).max())
+    if not error <= RUNTIME_TOLERANCE:
+        raise ExportError(
+            f"{backend} differs from medseg's forward by {error:.3g} on a check window "
+            f"(tolerance {RUNTIME_TOLERANCE:g})"
+        )
 
 
 def _onnxruntime_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
