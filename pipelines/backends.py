@@ -38,12 +38,12 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # Measured by benchmarks/backends.py (see benchmarks/README.md, section 7): per network the
 # fastest backend whose labels agreed with torch on >= 99.9 % of voxels (small presets,
-# a BraTS-size crop); torch where a backend was not measured faster.
+# a BraTS-size crop): OpenVINO for all four.
 AUTO_BACKEND: dict[str, str] = {
     "unetpp": "openvino",
     "hdenseunet": "openvino",
     "swin_unetr": "openvino",
-    "att_swinunet": "torch",
+    "att_swinunet": "openvino",
 }
 # auto keeps torch for these presets: the backends were measured on the small presets, and
 # for a network as small as a tiny one the one-time export (seconds to minutes) would
