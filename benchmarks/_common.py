@@ -107,6 +107,43 @@ def window_arguments(
         )
 
 
+WAIT_POLICIES = ("active", "passive")
+
+
+def thread_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--threads`` (intra-op threads of every side, default: the cores usable) and
+    ``--wait-policy`` (OMP_WAIT_POLICY of every side: active, passive or both, default both;
+    OpenMP reads it once at start, so each policy needs processes of its own)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    parser.add_argument("--threads", type=int, default=usable, help="intra-op threads, all sides")
+    parser.add_argument(
+        "--wait-policy",
+        choices=[*WAIT_POLICIES, "both"],
+        default="both",
+        help="OMP_WAIT_POLICY of every side (both: the whole comparison under each)",
+    )
+
+
+def wait_policies(choice: str) -> list[str]:
+    """The OMP_WAIT_POLICY values ``--wait-policy`` asks for."""
+    return list(WAIT_POLICIES) if choice == "both" else [choice]
+
+
+def thread_environment(threads: int, wait_policy: str) -> dict[str, str]:
+    """The environment every side of a comparison runs in: the same OpenMP thread count
+    (torch's intra-op threads follow OMP_NUM_THREADS; ONNX Runtime and OpenVINO take
+    medseg's ``torch.get_num_threads()``) and the same OMP_WAIT_POLICY."""
+    return os.environ | {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": wait_policy}
+
+
+def thread_settings(environment: dict[str, str]) -> str:
+    """The thread settings of ``environment`` as printed with each result."""
+    return (
+        f"OMP_NUM_THREADS={environment.get('OMP_NUM_THREADS', '(unset)')} "
+        f"OMP_WAIT_POLICY={environment.get('OMP_WAIT_POLICY', '(unset)')}"
+    )
+
+
 @dataclass
 class Run:
     """A child process's wall time (s), peak resident memory (bytes) and exit status."""
@@ -254,3 +291,17 @@ def ct_intensity(cases_root: Path) -> dict[str, float]:
 
     fingerprint = fingerprint_dataset(discover("lits", cases_root))
     return ct_statistics(fingerprint.samples[fingerprint.channels[0]]["foreground"])
+
+
+def warm_export_cache(model: Path, cache_home: Path) -> None:
+    """Make, under ``cache_home`` (set as XDG_CACHE_HOME for this process and the children
+    it starts), the ONNX export ``medseg predict --backend auto`` runs for ``model`` where
+    a runtime backend is its choice: a one-time cost per model, kept out of timed runs."""
+    import torch
+
+    from medseg.pipelines.backends import prepare_network
+    from medseg.pipelines.model_dir import open_model
+
+    os.environ["XDG_CACHE_HOME"] = str(cache_home)
+    config, network = open_model(model)
+    prepare_network(config, network, torch.device("cpu"), "auto")

@@ -8,7 +8,12 @@ intensity steps, a ``DataLoader`` whose worker prepares the next case, then
 ``sliding_window_inference`` (same roi, overlap, window batch and Gaussian blending),
 ``Activationsd``, ``Invertd``, ``AsDiscreted`` and ``SaveImage``. Each side runs as its own
 process (wall time and peak RSS are that process's), the sides alternate, and the label
-maps they write are compared by Dice per label value.
+maps they write are compared by Dice per label value. medseg runs its default backend
+(``auto``), whose ONNX export is made before the timed runs (once per model). Both sides
+run with the same thread settings (``--threads``, OMP_NUM_THREADS, and OMP_WAIT_POLICY),
+printed with the results; by default the whole comparison runs once under each wait
+policy, since the MONAI loop's data-loading worker competes with busy-waiting
+(``active``) compute threads.
 
     .venv/bin/python benchmarks/predict_vs_monai.py           # 2 + 2 cases: about 10 minutes
     .venv/bin/python benchmarks/predict_vs_monai.py --quick   # 1 + 1 case: about 5 minutes
@@ -37,6 +42,11 @@ from _common import (
     measured_run,
     model_dir,
     require_success,
+    thread_arguments,
+    thread_environment,
+    thread_settings,
+    wait_policies,
+    warm_export_cache,
     window_arguments,
 )
 
@@ -213,6 +223,7 @@ def main() -> None:
     window_arguments(parser, overlap=0.25, sw_batch_size=2)
     parser.add_argument("--loader-workers", type=int, default=1, help="MONAI DataLoader workers")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side (order alternates)")
+    thread_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="one case of each, Z = 32")
     parser.add_argument("--work", type=Path, help="keep data and outputs here (default: temp)")
     parser.add_argument("--baseline", nargs="+", help=argparse.SUPPRESS)
@@ -224,19 +235,28 @@ def main() -> None:
 
     if args.quick:
         args.brats_cases, args.lits_cases, args.slices, args.repeats = 1, 1, 32, 1
-    header("Batch predict: medseg against a plain MONAI loop")
+    header("Batch predict: medseg against a plain MONAI loop", args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="medseg-bench-"))
     try:
-        run_benchmark(work, args)
+        datasets = prepare(work, args)
+        for dataset in datasets:
+            warm_export_cache(dataset["model"], work / "cache")
+        summary = []
+        for policy in wait_policies(args.wait_policy):
+            environment = thread_environment(args.threads, policy)
+            print(f"### thread settings, both sides: {thread_settings(environment)}\n")
+            summary += run_benchmark(work, args, datasets, environment)
+        print("\n".join(["", *summary]))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run_benchmark(work: Path, args: argparse.Namespace) -> None:
-    """Generate the data, run both sides ``args.repeats`` times per dataset, print the table
-    and a PASS/MISS line per target."""
-    datasets = prepare(work, args)
+def run_benchmark(
+    work: Path, args: argparse.Namespace, datasets: list[dict], environment: dict[str, str]
+) -> list[str]:
+    """Run both sides ``args.repeats`` times per dataset in ``environment``, print the
+    table and a PASS/MISS line per target; return one summary line per dataset."""
     names = list(SIDES)
     print(
         f"network: UNet++ {args.preset} (untrained, seeded), roi {args.roi}^3, overlap "
@@ -250,7 +270,7 @@ def run_benchmark(work: Path, args: argparse.Namespace) -> None:
             for name in names if repeat % 2 == 0 else names[::-1]:
                 output = work / "out" / dataset["model"].name / name.replace(" ", "_")
                 shutil.rmtree(output, ignore_errors=True)
-                run = measured_run(command(name, dataset, output, args))
+                run = measured_run(command(name, dataset, output, args), env=environment)
                 require_success(run, f"{name} on {dataset['name']}")
                 runs[name].append(run)
                 print(f"  {dataset['name']}, {name}: {run.seconds:.1f} s", flush=True)
@@ -287,6 +307,13 @@ def run_benchmark(work: Path, args: argparse.Namespace) -> None:
     print("\nwall s: the whole process (start-up, reading, inference, writing), the fastest of")
     print("the repeats; min Dice: the smallest over cases and label values.\n")
     print("\n".join(verdicts))
+    print()
+    settings = thread_settings(environment)
+    return [
+        f"{settings}: {row[0]}: medseg predict at {row[5]} the MONAI loop"
+        for row in rows
+        if row[2] == "medseg predict"
+    ]
 
 
 def fastest(runs: list) -> float:

@@ -48,6 +48,10 @@ from _common import (
     measured_run,
     median,
     require_success,
+    thread_arguments,
+    thread_environment,
+    thread_settings,
+    wait_policies,
 )
 
 SIDES = ("MONAI loop", "MONAI loop, channels_last_3d", "medseg train")
@@ -263,6 +267,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run")
     parser.add_argument("--steps", type=int, default=4, help="steps per epoch")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side (order alternates)")
+    thread_arguments(parser)
     if len(sys.argv) > 1 and sys.argv[1] == "--medseg-child":
         medseg_child(sys.argv[2:])
         return
@@ -273,19 +278,24 @@ def main() -> None:
     if args.quick:
         args.cases, args.epochs, args.steps, args.repeats = 6, 2, 3, 1
 
-    header("Training throughput: medseg train against a plain MONAI loop")
+    header("Training throughput: medseg train against a plain MONAI loop", args.threads)
     work = Path(tempfile.mkdtemp(prefix="medseg-train-bench-"))
     try:
-        run_benchmark(work, args)
+        for policy in wait_policies(args.wait_policy):
+            environment = thread_environment(args.threads, policy)
+            print(f"### thread settings, both sides: {thread_settings(environment)}\n")
+            run_benchmark(work, args, environment)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_benchmark(work: Path, args: argparse.Namespace) -> None:
-    """Generate the data, run both sides ``args.repeats`` times and print the table."""
+def run_benchmark(work: Path, args: argparse.Namespace, environment: dict[str, str]) -> None:
+    """Generate the data (once), run both sides ``args.repeats`` times in ``environment``
+    and print the table."""
     from medseg.datasets.synthetic import synthesize
 
-    synthesize("brats", work / "data", cases=args.cases, shape=tuple(args.shape), seed=2)
+    if not (work / "data").exists():
+        synthesize("brats", work / "data", cases=args.cases, shape=tuple(args.shape), seed=2)
     patches = args.batch * args.samples
     print(
         f"data: {args.cases} generated BraTS cases of 4x{'x'.join(map(str, args.shape))} "
@@ -297,7 +307,8 @@ def run_benchmark(work: Path, args: argparse.Namespace) -> None:
     results: dict[str, list[dict]] = {side: [] for side in SIDES}
     for repeat in range(args.repeats):
         for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:
-            run = measured_run(command(side, work, args, repeat))
+            shutil.rmtree(work / f"run{repeat}", ignore_errors=True)
+            run = measured_run(command(side, work, args, repeat), env=environment)
             require_success(run, side)
             found = parse_marker(run.output)
             if side == "medseg train":

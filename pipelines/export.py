@@ -81,6 +81,21 @@ def export_model(
     if fmt not in FILES:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FILES)}")
     config, network = open_model(model)
+    return export_network(config, network, fmt, output_dir, prune_level=prune_level)
+
+
+def export_network(
+    config: ModelConfig,
+    network: torch.nn.Module,
+    fmt: ExportFormat,
+    output_dir: Path,
+    *,
+    prune_level: int | None = None,
+) -> ExportResult:
+    """``export_model`` for a model already loaded (``config`` and its ``network``, as
+    ``open_model`` returns them); same files, checks and errors."""
+    if fmt not in FILES:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of: {', '.join(FILES)}")
     spec, exported, forward_options = _network_to_export(config, network, prune_level)
     shape = (EXAMPLE_BATCH, config.network.in_channels, *config.inference.roi_size)
     generator = torch.Generator().manual_seed(0)

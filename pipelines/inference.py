@@ -40,9 +40,11 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``name`` (``auto``, ``fp32``, ``fp16``, ``bf16``) on ``device``.
 
-    ``auto`` is bf16 on a CUDA GPU that has it, else fp16 on CUDA, and fp32 on the CPU
-    (autocast to bf16 on a CPU without native bf16 ran 233x slower). Half precision on the
-    CPU is refused with a ``ConfigError``.
+    ``auto`` is bf16 on a CUDA GPU that has it, else fp16 on CUDA, and fp32 on the CPU:
+    autocast to bf16 on a CPU without native bf16 ran 233x slower, and on one with AVX-512
+    BF16 see benchmarks/README.md, section 11. ``bf16`` on the CPU is allowed where the CPU
+    multiplies bf16 natively (``medseg.pipelines.cpu``); fp16 on the CPU, and bf16 on one
+    without AMX or AVX-512 BF16, are refused with a ``ConfigError``.
     """
     if name == "auto":
         if device.type != "cuda":
@@ -51,7 +53,16 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name not in PRECISIONS:
         raise ConfigError(f"precision {name!r}: use auto, fp32, fp16 or bf16")
     if PRECISIONS[name] is not None and device.type != "cuda":
-        raise ConfigError(f"precision {name} needs a CUDA device; the CPU runs fp32")
+        from medseg.pipelines.cpu import cpu_features
+
+        if name == "bf16" and cpu_features().native_bf16:
+            return torch.bfloat16
+        if name == "bf16":
+            raise ConfigError(
+                f"precision bf16 on this CPU ({cpu_features().describe()}) would be emulated, "
+                "far slower than fp32; it needs AMX or AVX-512 BF16"
+            )
+        raise ConfigError(f"precision {name} needs a CUDA device; the CPU runs fp32 or bf16")
     return PRECISIONS[name]
 
 

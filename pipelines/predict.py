@@ -135,6 +135,7 @@ def predict(
     part: Part | None = None,
     ray: RayOptions | None = None,
     preview: bool = False,
+    backend: str = "auto",
 ) -> PredictReport:
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
@@ -152,9 +153,10 @@ def predict(
     (``clinical_outputs``).
     ``part`` takes one part of the sorted case list (its report is
     ``predict_report.part-I-of-N.json``, see ``pipelines/parts.py``); ``ray`` segments on a
-    Ray cluster instead of in this process (see ``pipelines/ray_predict.py``). Raises
-    ``ConfigError`` for an unusable model, input or output folder; per-case failures are in
-    the report.
+    Ray cluster instead of in this process (see ``pipelines/ray_predict.py``). ``backend``
+    runs the windows on torch, ONNX Runtime or OpenVINO (``auto``: the fastest that agrees
+    with torch, see ``medseg.pipelines.backends``). Raises ``ConfigError`` for an unusable
+    model, input, output folder or backend; per-case failures are in the report.
     """
     require_output_format(output_format)
     if ray is not None:
@@ -197,7 +199,7 @@ def predict(
         settings = {"overlap": overlap, "prune_level": prune_level, "device": device}
         settings |= {"precision": precision, "tta": tta, "skip_empty": skip_empty}
         settings |= {"apply_postprocessing": apply_postprocessing, "outputs": outputs}
-        settings |= {"describer": describer}
+        settings |= {"describer": describer, "backend": backend}
         settings |= {"save_probabilities": save_probabilities, "overwrite": overwrite}
         report = start_report(str(model), problems, skipped_inputs)
         todo = pending_cases(
@@ -216,6 +218,7 @@ def predict(
         precision=resolve_precision(precision, target_device),
         skip_empty=skip_empty,
         apply_postprocessing=apply_postprocessing,
+        backend=backend,
     )
     # The segmenter holds the networks it runs (on the CPU, channels-last copies); the loaded
     # ones need not stay in memory beside them.

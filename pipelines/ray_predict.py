@@ -94,7 +94,7 @@ class CaseWorker:
 
     ``model`` is a model spec as ``predict`` takes it; ``settings`` holds ``predict``'s
     keyword arguments (overlap, prune_level, device, precision, tta, skip_empty,
-    apply_postprocessing, save_probabilities, overwrite), ``outputs`` (the run's
+    apply_postprocessing, save_probabilities, overwrite, backend), ``outputs`` (the run's
     ``OutputPlan``) and ``describer`` (its ``CaseDescriber``).
     """
 
@@ -114,6 +114,7 @@ class CaseWorker:
             precision=resolve_precision(settings["precision"], self.device),
             skip_empty=settings["skip_empty"],
             apply_postprocessing=settings["apply_postprocessing"],
+            backend=settings["backend"],
         )
         self.writer = ThreadPoolExecutor(1)
 

@@ -16,7 +16,7 @@ import torch
 
 from medseg.datasets.base import Case
 from medseg.errors import CaseError, ConfigError
-from medseg.networks.inference_layout import inference_network
+from medseg.pipelines.backends import prepare_network
 from medseg.pipelines.inference import WindowCount, sliding_window_predict
 from medseg.pipelines.model_dir import ModelConfig
 from medseg.pipelines.postprocess import postprocess
@@ -85,6 +85,8 @@ class Segmenter:
         tta: average over all mirrorings of the spatial axes.
         precision: CUDA autocast dtype (None: fp32).
         skip_empty: reuse one answer for all constant windows.
+        backend: where windows run on the CPU (``torch``, ``onnxruntime``, ``openvino``
+            or ``auto``; see ``medseg.pipelines.backends``).
         apply_postprocessing: apply the model's post-processing rules.
     """
 
@@ -99,6 +101,7 @@ class Segmenter:
         precision: torch.dtype | None = None,
         skip_empty: bool = True,
         apply_postprocessing: bool = True,
+        backend: str = "torch",
     ) -> None:
         from monai.transforms import Invertd
 
@@ -109,11 +112,8 @@ class Segmenter:
                 self.config.scheme,
             ):
                 raise ConfigError("ensembled models must share preprocessing and labels")
-        self.networks = [
-            inference_network(network.to(device).eval(), device) for _, network in models
-        ]
         if prune_level is not None:
-            for network in self.networks:
+            for _, network in models:
                 levels = getattr(network, "levels", None)
                 if levels is None:
                     raise ConfigError("--prune-level applies to UNet++ models only")
@@ -121,6 +121,12 @@ class Segmenter:
                     raise ConfigError(
                         f"--prune-level {prune_level}: this model has levels 1..{levels}"
                     )
+        self.networks = [
+            prepare_network(
+                config, network, device, backend, prune_level=prune_level, precision=precision
+            )
+            for config, network in models
+        ]
         self._check_window_memory(device)
         self.scheme = self.config.scheme
         self.device = device

@@ -1,0 +1,273 @@
+"""Where the sliding-window forward runs on the CPU: PyTorch, ONNX Runtime or OpenVINO.
+
+medseg's preprocessing, MONAI's ``sliding_window_inference`` and the inversion stay as they
+are; only the function called on each batch of windows changes. For ``onnxruntime`` and
+``openvino`` that function is a session over medseg's own ONNX export (``export_network``,
+checked against the torch forward to ``export.TOLERANCE``), made on first use and cached
+under ``export_cache_dir()`` in a folder named by the SHA-256 of the network's weights,
+its spec and roi, so the model directory is never written to. The export is written to a
+temporary name and renamed, so concurrent runs that both miss the cache each finish with a
+complete file (the last rename wins; both are the same network).
+
+``auto`` takes, per network, the backend that ``benchmarks/backends.py`` measured fastest
+among those whose labels agree with torch on >= 99.9 % of voxels (``AUTO_BACKEND``), for
+the small presets and up (tiny ones keep torch, ``AUTO_TORCH_PRESETS``); when that
+backend is not installed or cannot export the network it falls back to torch and logs
+why. Other devices than the CPU always run torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from medseg.errors import ConfigError, MedsegError
+from medseg.networks.inference_layout import inference_network
+from medseg.pipelines.model_dir import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+# Measured by benchmarks/backends.py (see benchmarks/README.md, section 11): per network the
+# fastest backend whose labels agreed with torch on >= 99.9 % of voxels (small presets,
+# a BraTS-size crop): OpenVINO for all four.
+AUTO_BACKEND: dict[str, str] = {
+    "unetpp": "openvino",
+    "hdenseunet": "openvino",
+    "swin_unetr": "openvino",
+    "att_swinunet": "openvino",
+}
+# auto keeps torch for these presets: the backends were measured on the small presets, and
+# for a network as small as a tiny one the one-time export (seconds to minutes) would
+# hardly pay back on the forwards it saves.
+AUTO_TORCH_PRESETS = frozenset({"tiny"})
+# Largest absolute logit difference from torch a runtime may show on its check window;
+# float32 runtimes measured 1e-6 to 1e-5 (export.TOLERANCE is 1e-4 for the file itself).
+RUNTIME_TOLERANCE = 1e-3
+_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+_EXTRAS = {"onnxruntime": "export", "openvino": "fast"}
+
+
+def export_cache_dir() -> Path:
+    """The folder cached ONNX exports live in: ``$XDG_CACHE_HOME/medseg/exports``, with
+    ``~/.cache`` when ``XDG_CACHE_HOME`` is unset."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "medseg" / "exports"
+
+
+def export_key(config: ModelConfig, network: nn.Module, prune_level: int | None) -> str:
+    """SHA-256 (hex) of what an export depends on: every weight and buffer (names, dtypes,
+    shapes, bytes), the network spec, the roi and the prune level, and torch's version."""
+    digest = hashlib.sha256()
+    described = [
+        config.network.model_dump_json(),
+        repr(list(config.inference.roi_size)),
+        repr(prune_level),
+        torch.__version__,
+    ]
+    digest.update("\n".join(described).encode())
+    for name, tensor in network.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class RuntimeNetwork(nn.Module):
+    """A network run by another runtime, called as the torch network is: windows
+    ``(B, C_in, *roi)`` float32 on the CPU -> logits ``(B, C_out, *roi)`` float32.
+
+    ``run`` maps a C-contiguous float32 array to a new float32 array. Forward options
+    (UNet++'s ``prune_level``) are accepted and ignored: the file already is the network
+    of that level. ``levels`` mirrors UNet++'s attribute (None for other networks).
+    """
+
+    def __init__(
+        self, run: Callable[[np.ndarray], np.ndarray], backend: str, levels: int | None
+    ) -> None:
+        super().__init__()
+        self._run = run
+        self.backend = backend
+        self.levels = levels
+
+    def forward(self, windows: torch.Tensor, **options: object) -> torch.Tensor:
+        """Logits for ``windows`` (see class doc)."""
+        array = np.ascontiguousarray(windows.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self._run(array))
+
+
+def require_backend(backend: str, device: torch.device) -> None:
+    """Refuse, with a ``ConfigError`` saying what to do, an unknown backend, a non-torch
+    backend on a device other than the CPU, or one whose package is not installed."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r}: use {', '.join(BACKENDS)}")
+    if backend in ("auto", "torch"):
+        return
+    if device.type != "cpu":
+        raise ConfigError(f"backend {backend} runs on the CPU only; use --device cpu")
+    if not _installed(backend):
+        raise ConfigError(
+            f"backend {backend} needs the {_PACKAGES[backend]} package, which is not "
+            f"installed; install it with: pip install 'medseg[{_EXTRAS[backend]}]'"
+        )
+
+
+def _installed(backend: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(_PACKAGES[backend]) is not None
+
+
+def prepare_network(
+    config: ModelConfig,
+    network: nn.Module,
+    device: torch.device,
+    backend: str = "torch",
+    *,
+    prune_level: int | None = None,
+    precision: torch.dtype | None = None,
+) -> nn.Module:
+    """``network`` ready for sliding-window inference on ``device`` with ``backend``.
+
+    ``torch``: ``inference_network`` (on the CPU its channels-last copy); ``onnxruntime``
+    or ``openvino``: a ``RuntimeNetwork`` over the cached ONNX export of ``network`` (of
+    head ``prune_level`` for UNet++); ``auto``: ``AUTO_BACKEND``'s choice for the network,
+    torch on other devices than the CPU, with an autocast ``precision`` (only torch has
+    one), for a preset in ``AUTO_TORCH_PRESETS``, or when that choice is unavailable
+    (logged). Raises ``ConfigError`` (see ``require_backend``; also for a ``precision``
+    with another backend than torch) or ``ExportError`` for a named backend that cannot
+    run the network.
+    """
+    require_backend(backend, device)
+    if precision is not None and backend not in ("auto", "torch"):
+        raise ConfigError(f"backend {backend} runs fp32; --precision applies to torch")
+    network = network.to(device).eval()
+    chosen = backend
+    if backend == "auto":
+        on_cpu = device.type == "cpu" and precision is None
+        chosen = AUTO_BACKEND.get(config.network.name, "torch") if on_cpu else "torch"
+        if config.network.preset in AUTO_TORCH_PRESETS:
+            chosen = "torch"
+        if chosen != "torch" and not _installed(chosen):
+            logger.info("backend auto: %s is not installed; running torch", _PACKAGES[chosen])
+            chosen = "torch"
+    if chosen == "torch":
+        return inference_network(network, device)
+    try:
+        return _runtime_network(config, network, chosen, prune_level)
+    except MedsegError as error:
+        if backend != "auto":
+            raise
+        logger.warning(
+            "backend auto: %s cannot run %s (%s); running torch", chosen, config.network.name, error
+        )
+        return inference_network(network, device)
+
+
+def _runtime_network(
+    config: ModelConfig, network: nn.Module, backend: str, prune_level: int | None
+) -> RuntimeNetwork:
+    from medseg.pipelines.export import FILES, export_network
+
+    folder = export_cache_dir() / export_key(config, network, prune_level)
+    path = folder / FILES["onnx"]
+    if not path.is_file():
+        logger.info("exporting %s to %s for %s", config.network.name, path, backend)
+        export_network(config, network, "onnx", folder, prune_level=prune_level)
+    run = _SESSIONS[backend](path)
+    _check_against_torch(run, network, config, backend, prune_level)
+    return RuntimeNetwork(run, backend, getattr(network, "levels", None))
+
+
+def _check_against_torch(
+    run: Callable[[np.ndarray], np.ndarray],
+    network: nn.Module,
+    config: ModelConfig,
+    backend: str,
+    prune_level: int | None,
+) -> None:
+    """Refuse (``ExportError``) a runtime whose logits on one random window differ from
+    torch's by more than ``RUNTIME_TOLERANCE``: the export was checked with ONNX Runtime,
+    this checks the runtime that will serve it."""
+    from medseg.pipelines.export import ExportError
+
+    generator = torch.Generator().manual_seed(0)
+    window = torch.randn(
+        (1, config.network.in_channels, *config.inference.roi_size), generator=generator
+    )
+    options = {} if prune_level is None else {"prune_level": prune_level}
+    with torch.inference_mode():
+        expected = network(window, **options).numpy()
+    error = float(np.abs(run(window.numpy()) - expected).max())
+    if not error <= RUNTIME_TOLERANCE:
+        raise ExportError(
+            f"{backend} differs from medseg's forward by {error:.3g} on a check window "
+            f"(tolerance {RUNTIME_TOLERANCE:g})"
+        )
+
+
+def _onnxruntime_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime
+
+    from medseg.pipelines.preprocessing_json import INPUT_NAME, OUTPUT_NAME
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    # Same waiting as torch's OpenMP threads: spin only when OMP_WAIT_POLICY allows it.
+    if os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = _open(
+        path,
+        lambda: onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        ),
+    )
+
+    def run(windows: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: windows})[0]
+
+    return run
+
+
+def _openvino_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import openvino
+
+    properties = {
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        # OpenVINO picks bf16 by itself on CPUs that have it; medseg's precision is explicit.
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    core = openvino.Core()
+    compiled = _open(path, lambda: core.compile_model(str(path), "CPU", properties))
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+
+    def run(windows: np.ndarray) -> np.ndarray:
+        # The request reuses its output buffer at the next call: copy it out.
+        return np.array(request.infer({0: windows})[output], dtype=np.float32, copy=True)
+
+    return run
+
+
+def _open(path: Path, load: Callable[[], Any]) -> Any:
+    try:
+        return load()
+    except Exception as error:  # each runtime raises its own types for unreadable files
+        text = str(error).strip().splitlines()
+        raise ConfigError(
+            f"{path}: cannot be loaded ({text[0] if text else type(error).__name__}); "
+            "delete it to export the model again"
+        ) from None
+
+
+_SESSIONS = {"onnxruntime": _onnxruntime_session, "openvino": _openvino_session}
