@@ -70,7 +70,7 @@ def gzip_size(path: Path, offset: int = 0, expected: int | None = None) -> int:
                 f"compressed data ends early (after {total} bytes): file truncated"
             ) from None
         except (gzip.BadGzipFile, zlib.error) as error:
-            raise IncompleteError(f"compressed data corrupt ({error})") from None
+            raise IncompleteError(f"compressed data corrupt ({error})") from error
     return total
 
 
@@ -157,7 +157,7 @@ def check_bitmap_complete(path: Path) -> None:
         with Image.open(path) as image:
             image.load()
     except OSError as error:
-        raise IncompleteError(f"image data incomplete ({error})") from None
+        raise IncompleteError(f"image data incomplete ({error})") from error
 
 
 def _header_fields(lines: Iterator[bytes], separator: bytes) -> dict[str, str]:

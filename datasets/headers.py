@@ -135,18 +135,18 @@ def inspect_image(path: Path) -> ImageHeader:
             return _bitmap_header(path)
         return _itk_header(path)
     except IncompleteError as error:
-        raise UnusableImageError(str(error)) from None
+        raise UnusableImageError(str(error)) from error
     except PermissionError:
         raise UnusableImageError("cannot be opened: permission denied") from None
     except IsADirectoryError:
         raise UnusableImageError("is a folder, not an image file") from None
     except FileNotFoundError as error:  # the file itself exists: a companion is missing
         missing = Path(error.filename).name if error.filename else str(error)
-        raise UnusableImageError(f"data file missing ({missing})") from None
+        raise UnusableImageError(f"data file missing ({missing})") from error
     except UnusableImageError:
         raise
     except Exception as error:
-        raise UnusableImageError(f"unreadable ({_last_line(error)})") from None
+        raise UnusableImageError(f"unreadable ({_last_line(error)})") from error
 
 
 def _last_line(error: Exception) -> str:
@@ -468,7 +468,7 @@ def label_values(path: Path, *, slab_bytes: int = 1 << 26) -> np.ndarray:
     except UnusableImageError:
         raise
     except Exception as error:
-        raise UnusableImageError(f"label data unreadable ({_last_line(error)})") from None
+        raise UnusableImageError(f"label data unreadable ({_last_line(error)})") from error
 
 
 def _label_chunks(path: Path, slab_bytes: int):

@@ -196,7 +196,7 @@ def discover(root: Path, *, need_labels: bool = True) -> DatasetIndex:
     try:
         data = json.loads(description.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ConfigError(f"{description}: unreadable ({error})") from None
+        raise ConfigError(f"{description}: unreadable ({error})") from error
     if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
         raise ConfigError(f"{description}: needs a 'labels' mapping")
     channels = _channel_names(data, str(description))

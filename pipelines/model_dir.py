@@ -142,9 +142,9 @@ def read_model_config(directory: Path) -> ModelConfig:
         ) from None
     except ValidationError as error:
         reason = describe_validation_error(error)
-        raise ConfigError(f"{path}: not a medseg model config ({reason})") from None
+        raise ConfigError(f"{path}: not a medseg model config ({reason})") from error
     except (UnicodeDecodeError, OSError) as error:
-        raise ConfigError(f"{path}: unreadable ({error})") from None
+        raise ConfigError(f"{path}: unreadable ({error})") from error
     # Provenance (training metrics, dataset statistics) is a record, not a setting: a NaN
     # there changes nothing the model computes.
     key = non_finite_key(config.model_dump(exclude={"provenance"}))
@@ -204,7 +204,7 @@ def load_model_dir(directory: Path) -> tuple[ModelConfig, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{weights}: missing") from None
     except (SafetensorError, OSError) as error:
-        raise ConfigError(f"{weights}: not a safetensors file ({error})") from None
+        raise ConfigError(f"{weights}: not a safetensors file ({error})") from error
     load_weights(network, state, weights)
     return config, network.eval()
 
@@ -219,7 +219,9 @@ def _download(uri: str) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as error:  # MLflow raises many types for a bad URI or an offline server
-        raise ConfigError(f"{uri}: cannot fetch the model ({str(error).splitlines()[0]})") from None
+        raise ConfigError(
+            f"{uri}: cannot fetch the model ({str(error).splitlines()[0]})"
+        ) from error
 
 
 def open_model(spec: str | Path) -> tuple[ModelConfig, Any]:

@@ -86,7 +86,7 @@ def require_writable(folder: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".medseg-probe-"):
             pass
     except OSError as error:
-        raise ConfigError(f"{folder}: cannot write there ({error.strerror or error})") from None
+        raise ConfigError(f"{folder}: cannot write there ({error.strerror or error})") from error
 
 
 def shard(cases: list[Case]) -> tuple[list[Case], int, int]:
