@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from medseg import __version__
+from medseg.datasets import LAYOUT_NAMES
 from medseg.errors import MedsegError
 
 app = typer.Typer(
@@ -28,7 +29,6 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
-LAYOUT_NAMES = ("brats", "lits", "msd", "em", "isic", "folder")
 
 
 def _version(value: bool) -> None:
@@ -449,13 +449,16 @@ def info(
 def _print_evaluation(result: Any) -> None:
     from rich.table import Table
 
+    from medseg.pipelines.metrics import METRICS
+
+    shown = [metric for metric in METRICS if metric.heading]
     table = Table(title="evaluation (mean over cases)")
-    for column in ("label", "cases", "Dice", "IoU", "HD95 mm", "ASSD mm", "surface Dice"):
+    for column in ("label", "cases", *(metric.heading for metric in shown)):
         table.add_column(column, justify="left" if column == "label" else "right")
     for name, stats in result.summary["labels"].items():
         if not isinstance(stats, dict) or "dice" not in stats:
             continue
-        cells = [stats[m]["mean"] for m in ("dice", "iou", "hd95", "assd", "nsd")]
+        cells = [stats[metric.name]["mean"] for metric in shown]
         table.add_row(name, str(stats["dice"]["count"]), *(_number(c) for c in cells))
     console = _console()
     console.print(table)

@@ -6,7 +6,7 @@ import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.datasets import LAYOUTS, discover
+from medseg.datasets import LAYOUT_NAMES, discover
 from medseg.datasets.base import Case, CaseProblem
 from medseg.datasets.headers import IMAGE_SUFFIXES, quiet_itk
 from medseg.errors import ConfigError
@@ -47,7 +47,7 @@ def _expand(text: str) -> list[Path]:
 
 
 def _folder_cases(folder: Path, layout: str, inputs: Inputs) -> list[Case]:
-    if layout in LAYOUTS and layout != "folder":
+    if layout in LAYOUT_NAMES and layout != "folder":
         try:
             index = discover(layout, folder, need_labels=False)
         except ConfigError:

@@ -35,6 +35,7 @@ from medseg.errors import CaseError, ConfigError
 from medseg.files import write_atomic, write_text_atomic
 from medseg.pipelines.metrics import (
     DEFAULT_RULE,
+    METRIC_AXIS_LABELS,
     ROW_FIELDS,
     SUMMARY_METRICS,
     EmptyRule,
@@ -49,14 +50,6 @@ PREDICTION_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 AFFINE_TOLERANCE = 1e-4
 CSV_COLUMNS = ("case", "label", *ROW_FIELDS)
 SOURCES = ("reference", "prediction")
-METRIC_AXIS_LABELS = {
-    "dice": "Dice",
-    "iou": "IoU",
-    "hd95": "HD95 (mm)",
-    "assd": "ASSD (mm)",
-    "nsd": "NSD",
-    "volume_diff_ml": "volume prediction - reference (ml)",
-}
 _CaseJob = tuple[str, Path, Path]
 _CaseResult = tuple[list[dict[str, Any]], CaseProblem | None]
 
@@ -113,7 +106,7 @@ def read_volume(path: Path) -> Volume:
         try:
             require_confined_data_file(path)
         except UnusableImageError as error:
-            raise CaseError(f"{path}: {error}") from None
+            raise CaseError(f"{path}: {error}") from error
         image = LoadImage(reader=image_readers(), image_only=True, dtype=None)(str(path))
         array = np.asarray(image.array)
         zooms = tuple(float(z) for z in image.pixdim)

@@ -22,6 +22,8 @@ def model_info(model: str | Path) -> dict[str, Any]:
     not recorded); ``plan`` (what training's plan decided, empty without one). Raises
     ``ConfigError`` when the model cannot be opened.
     """
+    from medseg.networks import abilities, as_prunable
+
     config, network = open_model(model)
     described = {
         "name": config.network.name,
@@ -32,9 +34,10 @@ def model_info(model: str | Path) -> dict[str, Any]:
         "options": config.network.options,
         "parameters": sum(parameter.numel() for parameter in network.parameters()),
     }
-    if hasattr(network, "level_parameter_count"):
+    if abilities(config.network.name).prunable:
+        prunable = as_prunable(network)
         described["parameters_by_level"] = {
-            level: network.level_parameter_count(level) for level in range(1, network.levels + 1)
+            level: prunable.level_parameter_count(level) for level in range(1, prunable.levels + 1)
         }
     recorded = dict(config.provenance)
     return {

@@ -16,6 +16,7 @@ import torch
 
 from medseg.datasets.base import Case
 from medseg.errors import CaseError, ConfigError
+from medseg.networks import abilities, as_prunable
 from medseg.networks.inference_layout import inference_network
 from medseg.pipelines.inference import WindowCount, sliding_window_predict
 from medseg.pipelines.model_dir import ModelConfig
@@ -113,10 +114,10 @@ class Segmenter:
             inference_network(network.to(device).eval(), device) for _, network in models
         ]
         if prune_level is not None:
-            for network in self.networks:
-                levels = getattr(network, "levels", None)
-                if levels is None:
+            for (config, _), network in zip(models, self.networks, strict=True):
+                if not abilities(config.network.name).prunable:
                     raise ConfigError("--prune-level applies to UNet++ models only")
+                levels = as_prunable(network).levels
                 if prune_level > levels:
                     raise ConfigError(
                         f"--prune-level {prune_level}: this model has levels 1..{levels}"
@@ -168,7 +169,7 @@ class Segmenter:
             try:
                 headers.append(inspect_image(path))
             except UnusableImageError as error:
-                raise CaseError(f"{path}: {error}") from None
+                raise CaseError(f"{path}: {error}") from error
         shapes = {header.shape for header in headers}
         if len(shapes) > 1:
             raise CaseError(f"{first}: channels differ in shape ({sorted(shapes)})")
@@ -202,7 +203,7 @@ class Segmenter:
         try:
             data = self.transform({"image": source})
         except Exception as error:
-            raise case_error(error, case.image[0]) from None
+            raise case_error(error, case.image[0]) from error
         expected = self.config.network.in_channels
         if data["image"].shape[0] != expected:
             channels = ", ".join(self.config.preprocessing.channels)

@@ -25,6 +25,7 @@ from medseg.datasets import discover
 from medseg.datasets.splits import kfold_splits, load_splits, save_splits
 from medseg.errors import ConfigError
 from medseg.files import is_within, require_outside, write_text_atomic
+from medseg.networks import abilities, as_staged
 from medseg.pipelines.case_locks import try_lock
 from medseg.pipelines.checkpoints import load_checkpoint, save_checkpoint
 from medseg.pipelines.distributed import process_group, process_info
@@ -179,7 +180,7 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file in its place, a read-only or full disk
-        raise ConfigError(f"{run_dir}: cannot create the run folder ({error})") from None
+        raise ConfigError(f"{run_dir}: cannot create the run folder ({error})") from error
     # Two runs into one folder would interleave their checkpoints and model/; the kernel
     # frees the lock when its holder dies, so a killed run can be resumed at once.
     lock = try_lock(run_dir / "training")
@@ -205,7 +206,7 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
         raise ConfigError(
             f"{run_dir}: already holds a training run; use --resume {run_dir} or another output"
         )
-    if config.train.prune and config.network.name != "unetpp":
+    if config.train.prune and not abilities(config.network.name).prunable:
         raise ConfigError(
             f"train.prune measures UNet++ pruning levels; {config.network.name} has none"
         )
@@ -319,8 +320,9 @@ def _save_best(
     validation = {k: round(v, 5) for k, v in metrics.items() if k.startswith("val/")}
     provenance = model_config.provenance | {"epoch": epoch, "validation": validation}
     options = dict(model_config.network.options)
-    if hasattr(network, "mode"):
-        options["mode"] = network.mode  # a staged run's best may come from its 2D stage
+    if abilities(model_config.network.name).staged:
+        # a staged run's best may come from its 2D stage
+        options["mode"] = as_staged(network).mode
     update = {
         "provenance": provenance,
         "network": model_config.network.model_copy(update={"options": options}),

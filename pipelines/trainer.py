@@ -18,6 +18,7 @@ import torch
 
 from medseg.config import Config, config_to_dict, flatten
 from medseg.errors import TrainingError
+from medseg.networks import abilities, as_staged
 from medseg.pipelines.checkpoints import save_checkpoint
 from medseg.pipelines.data import SeededDataset, cached_dataset, training_loader
 from medseg.pipelines.distributed import (
@@ -169,12 +170,15 @@ class Trainer:
         stage = self.recipe.stage_at(epoch)
         if stage is None:
             return
+        name = self.model_config.network.name
+        if not abilities(name).staged:
+            if stage.mode is not None:
+                raise ValueError(f"{name} has no mode to set in a stage")
+            return
+        staged = as_staged(self.network)
         if stage.mode is not None:
-            if not hasattr(self.network, "mode"):
-                raise ValueError(f"{self.model_config.network.name} has no mode to set in a stage")
-            self.network.mode = stage.mode
-        if hasattr(self.network, "freeze_2d"):
-            self.network.freeze_2d(stage.freeze_2d)
+            staged.mode = stage.mode
+        staged.freeze_2d(stage.freeze_2d)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         recipe = self.recipe

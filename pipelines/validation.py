@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -29,8 +29,7 @@ def validate(
     ``{"case": id, <structure name>: dice, ...}``; an empty reference scores 1 when the
     prediction is empty too and 0 otherwise (never NaN).
     """
-    names = list(scheme.foreground)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for batch in batches:
         logits = sliding_window_predict(
             network,
@@ -41,12 +40,29 @@ def validate(
             mode=inference.mode,
             device=device,
         )
-        predicted = binary_prediction(logits, scheme)
-        reference = binary_target(torch.as_tensor(batch["label"]).as_subclass(torch.Tensor), scheme)
-        dice = compute_dice(predicted, reference, include_background=True, ignore_empty=False)
-        for index, case_id in enumerate(batch["id"]):
-            rows.append({"case": case_id} | {n: float(dice[index, k]) for k, n in enumerate(names)})
+        rows += dice_rows(logits, batch["label"], batch["id"], scheme)
     return rows
+
+
+def dice_rows(
+    logits: torch.Tensor, labels: Any, case_ids: Sequence[str], scheme: LabelScheme
+) -> list[dict[str, Any]]:
+    """Dice per case and structure of a batch: the rows validation and pruning report.
+
+    ``logits`` are ``(B, C_out, *spatial)`` network outputs, ``labels`` the label maps
+    ``(B, 1, *spatial)`` of disk values on the same grid, ``case_ids`` one id per batch
+    item. Returns ``[{"case": id, <structure name>: dice, ...}]``, structures in
+    ``scheme.foreground`` order; an empty reference scores 1 when the prediction is empty
+    too and 0 otherwise (never NaN).
+    """
+    predicted = binary_prediction(logits, scheme)
+    reference = binary_target(torch.as_tensor(labels).as_subclass(torch.Tensor), scheme)
+    dice = compute_dice(predicted, reference, include_background=True, ignore_empty=False)
+    names = list(scheme.foreground)
+    return [
+        {"case": case_id} | {name: float(dice[index, k]) for k, name in enumerate(names)}
+        for index, case_id in enumerate(case_ids)
+    ]
 
 
 def summarise(rows: list[dict[str, Any]], names: list[str]) -> dict[str, float]:
