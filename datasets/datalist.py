@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.datasets.base import Case
-from medseg.datasets.headers import suffix_of
+from medseg.datasets.image_io import suffix_of
 from medseg.errors import ConfigError
 from medseg.files import read_regular_text
 

@@ -32,14 +32,15 @@ from medseg.datasets.completeness import (
     check_nifti_complete,
     check_tiff_complete,
 )
+from medseg.datasets.image_io import (
+    BITMAP_SUFFIXES,
+    NIFTI_SUFFIXES,
+    TIFF_SUFFIXES,
+    suffix_of,
+)
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img.gz", ".img")
-TIFF_SUFFIXES = (".tif", ".tiff")
-BITMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
-IMAGE_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES + BITMAP_SUFFIXES + ITK_SUFFIXES
 
 # Millimetres per unit of the length units TIFF writers (ImageJ above all) put in their tags.
 _MM_PER_UNIT = {
@@ -88,12 +89,6 @@ def quiet_itk() -> Iterator[None]:
         yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
-
-
-def suffix_of(path: Path) -> str:
-    """The image suffix of ``path`` (``.nii.gz`` counts as one), lower case; ``""`` if unknown."""
-    name = path.name.lower()
-    return next((suffix for suffix in IMAGE_SUFFIXES if name.endswith(suffix)), "")
 
 
 def is_image(path: Path) -> bool:
@@ -471,7 +466,7 @@ def label_values(path: Path, *, slab_bytes: int = 1 << 26) -> np.ndarray:
         raise UnusableImageError(f"label data unreadable ({_last_line(error)})") from error
 
 
-def _label_chunks(path: Path, slab_bytes: int):
+def _label_chunks(path: Path, slab_bytes: int) -> Iterator[np.ndarray]:
     suffix = "" if path.is_dir() else suffix_of(path)
     if suffix in NIFTI_SUFFIXES:
         # One open stream for all slabs: each reopening would decompress a .gz from its start.

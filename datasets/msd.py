@@ -26,7 +26,7 @@ from typing import Any
 
 from medseg.datasets.base import Case, CaseProblem, DatasetIndex, LabelScheme
 from medseg.datasets.datalist import OutsideRootError, case_id_of, resolve_inside
-from medseg.datasets.headers import BITMAP_SUFFIXES, suffix_of
+from medseg.datasets.image_io import BITMAP_SUFFIXES, suffix_of
 from medseg.errors import ConfigError
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")

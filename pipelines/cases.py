@@ -8,7 +8,8 @@ from pathlib import Path
 
 from medseg.datasets import LAYOUT_NAMES, discover
 from medseg.datasets.base import Case, CaseProblem
-from medseg.datasets.headers import IMAGE_SUFFIXES, quiet_itk
+from medseg.datasets.headers import quiet_itk
+from medseg.datasets.image_io import IMAGE_SUFFIXES
 from medseg.errors import ConfigError
 
 

@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from medseg.datasets.base import Case
+from medseg.datasets.image_io import KEPT_FORMATS, NIFTI_FILE_SUFFIXES, write_label_like
 from medseg.errors import CaseError, ConfigError
 from medseg.files import remove_stale_temporaries, require_outside, write_atomic, write_text_atomic
 from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
@@ -30,8 +31,9 @@ from medseg.pipelines.cases import collect_cases
 from medseg.pipelines.inference import resolve_device, resolve_precision
 from medseg.pipelines.model_dir import open_model
 from medseg.pipelines.segmenter import Segmentation, Segmenter
-from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name, write_label_like
+from medseg.pipelines.writers import finished_output, output_name
 
+Shared = TypeVar("Shared")
 logger = logging.getLogger(__name__)
 
 REPORT = "predict_report.json"
@@ -89,8 +91,9 @@ def require_writable(folder: Path) -> None:
         raise ConfigError(f"{folder}: cannot write there ({error.strerror or error})") from error
 
 
-def shard(cases: list[Case]) -> tuple[list[Case], int, int]:
-    """This process's share of ``cases`` under ``torchrun`` (RANK, WORLD_SIZE), with both."""
+def shard(cases: list[Shared]) -> tuple[list[Shared], int, int]:
+    """This process's share of ``cases`` (or of any list) under ``torchrun`` (RANK,
+    WORLD_SIZE), with both."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     return cases[rank::world], rank, world
 
@@ -278,9 +281,9 @@ def _finished(case: Case, target: Path, save_probabilities: bool) -> bool:
             shape = saved["probabilities"].shape
     except Exception:  # missing, truncated or foreign: make it again
         return False
-    from medseg.datasets.headers import inspect_image
+    from medseg.datasets.image_io import read_header
 
-    return tuple(shape[1:]) == tuple(inspect_image(target).shape)
+    return tuple(shape[1:]) == tuple(read_header(target).shape)
 
 
 def _settle_busy_cases(report: PredictReport, cases: dict[str, Case]) -> None:
@@ -338,7 +341,7 @@ def _finish(job: Future, entry: CaseReport, lock: CaseLock) -> None:
 
 def _write(case: Case, result: Segmentation, target: Path, save_probabilities: bool) -> None:
     reference = case.image[0]
-    kept = (".nii", ".nii.gz", *KEPT_FORMATS)
+    kept = (*NIFTI_FILE_SUFFIXES, *KEPT_FORMATS)
     if reference.is_dir() or not reference.name.lower().endswith(kept):
         import nibabel as nib
 
@@ -348,11 +351,12 @@ def _write(case: Case, result: Segmentation, target: Path, save_probabilities: b
         write_atomic(target, lambda path: nib.save(image, path))
     else:
         write_label_like(reference, result.labels, target)
-    if save_probabilities and result.probabilities is not None:
+    probabilities = result.probabilities
+    if save_probabilities and probabilities is not None:
         path = _probabilities_path(case, target)
         write_atomic(
             path,
             lambda temporary: np.savez_compressed(
-                temporary, probabilities=result.probabilities, affine=result.affine
+                temporary, probabilities=probabilities, affine=result.affine
             ),
         )

@@ -1,18 +1,13 @@
-"""Write a label map on the exact grid and in the file type of the image it was made from."""
+"""Names of prediction outputs, and whether one already written is complete (the writing
+itself is ``medseg.datasets.image_io.write_label_like``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from medseg.files import write_atomic
-
-# Input suffix -> output suffix for the formats kept as they are. A MetaImage or NRRD
-# header with a separate data file (.mhd, .nhdr) gets the single-file form of its format,
-# so an output is always one file and its write stays atomic.
-KEPT_FORMATS = {".mha": ".mha", ".mhd": ".mha", ".nrrd": ".nrrd", ".nhdr": ".nrrd"}
+from medseg.datasets.image_io import KEPT_FORMATS, NIFTI_FILE_SUFFIXES
 
 
 def output_name(case_id: str, reference: Path) -> str:
@@ -22,7 +17,7 @@ def output_name(case_id: str, reference: Path) -> str:
     for suffix, kept in KEPT_FORMATS.items():
         if name.endswith(suffix) and not reference.is_dir():
             return f"{case_id}{kept}"
-    return f"{case_id}.nii.gz"
+    return f"{case_id}{NIFTI_FILE_SUFFIXES[0]}"
 
 
 def finished_output(target: Path, reference: Path) -> bool:
@@ -31,12 +26,13 @@ def finished_output(target: Path, reference: Path) -> bool:
     reference's. A 0-byte, truncated or foreign file under the output's name is not."""
     import stat
 
-    from medseg.datasets.headers import UnusableImageError, inspect_image
+    from medseg.datasets.headers import UnusableImageError
+    from medseg.datasets.image_io import read_header
 
     try:
         if not stat.S_ISREG(target.lstat().st_mode):
             return False
-        output, source = inspect_image(target), inspect_image(reference)
+        output, source = read_header(target), read_header(reference)
     except (OSError, UnusableImageError):
         return False
     if output.shape != source.shape or output.channels != 1:
@@ -44,37 +40,3 @@ def finished_output(target: Path, reference: Path) -> bool:
     if source.affine is None:
         return True  # a bitmap (PNG, JPEG) has no geometry to compare
     return output.affine is not None and bool(np.allclose(output.affine, source.affine, atol=1e-3))
-
-
-def write_label_like(reference: Path, labels: np.ndarray, target: Path) -> Path:
-    """Write ``labels`` (uint8, the reference's spatial shape in file index order) to
-    ``target`` with the reference file's geometry, atomically.
-
-    NIfTI: the reference header's geometry fields (qform/sform, their codes, pixdim)
-    are copied as stored, intensity scaling is cleared and the data type is uint8. Other
-    formats: origin, spacing and direction copied by SimpleITK.
-    """
-    labels = np.asarray(labels, dtype=np.uint8)
-    if target.name.endswith((".nii", ".nii.gz")):
-        source = nib.load(reference)
-        header = source.header.copy()
-        header.set_data_dtype(np.uint8)
-        header.set_slope_inter(None, None)
-        header.set_data_shape(labels.shape)
-        # No affine: the header's own geometry fields (qform and sform codes, quaternion,
-        # offsets, srow rows, pixdim and qfac) are written as they are. Going through
-        # get_qform/set_qform recomputed them, and failed on a real file whose unused
-        # (code 0) quaternion is not a rotation ("w2 should be positive").
-        image = type(source)(labels, None, header=header)
-        return write_atomic(target, lambda path: nib.save(image, path))
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(reference))
-    reader.ReadImageInformation()
-    image = sitk.GetImageFromArray(labels.transpose(*reversed(range(labels.ndim))))
-    image.SetOrigin(reader.GetOrigin()[: labels.ndim])
-    image.SetSpacing(reader.GetSpacing()[: labels.ndim])
-    direction = np.reshape(reader.GetDirection(), (reader.GetDimension(),) * 2)
-    image.SetDirection(direction[: labels.ndim, : labels.ndim].ravel().tolist())
-    return write_atomic(target, lambda path: sitk.WriteImage(image, str(path), True))

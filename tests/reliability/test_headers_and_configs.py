@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from medseg.datasets.headers import IMAGE_SUFFIXES
+from medseg.datasets.image_io import IMAGE_SUFFIXES
 from medseg.datasets.synthetic import synthesize
 from tests.reliability.test_arguments import one_line_refusal
 
