@@ -201,10 +201,13 @@ def _metaimage_expected(path: Path) -> tuple[Path, int, int, bool] | None:
 
 def _nrrd_item_size(type_name: str) -> int | None:
     name = type_name.lower()
-    for size, marks in ((8, ("64", "long long", "longlong", "double")), (1, ("8", "char"))):
-        if any(mark in name for mark in marks):
-            return size
-    for size, marks in ((2, ("16", "short")), (4, ("32", "int", "float"))):
+    rules: tuple[tuple[int, tuple[str, ...]], ...] = (
+        (8, ("64", "long long", "longlong", "double")),
+        (1, ("8", "char")),
+        (2, ("16", "short")),
+        (4, ("32", "int", "float")),
+    )
+    for size, marks in rules:
         if any(mark in name for mark in marks):
             return size
     return None

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import typer
 
@@ -330,7 +330,8 @@ def evaluate(
     from medseg.pipelines.metrics import EmptyRule
     from medseg.pipelines.references import find_references
 
-    rule = EmptyRule(one_empty_distance=one_empty)
+    # EmptyRule refuses any other value with a ConfigError.
+    rule = EmptyRule(one_empty_distance=cast(Literal["diagonal", "nan"], one_empty))
     if output is not None:
         from medseg.files import require_outside
 
@@ -417,9 +418,9 @@ def export(
     """Write a file that runs without medseg, checked against medseg's own forward."""
     if format_ not in ("torchscript", "onnx"):
         raise typer.BadParameter("use torchscript or onnx", param_hint="--format")
-    from medseg.pipelines.export import export_model
+    from medseg.pipelines.export import ExportFormat, export_model
 
-    result = export_model(model, format_, output, prune_level=prune_level)
+    result = export_model(model, cast(ExportFormat, format_), output, prune_level=prune_level)
     console = _console()
     console.print(f"wrote {result.file} and {result.preprocessing}", highlight=False)
     console.print(

@@ -150,7 +150,7 @@ def option_names(name: str) -> list[str]:
 
 def resolved_options(name: str, preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The constructor options ``preset`` gives network ``name``, ``overrides`` applied."""
-    return preset_options(dict(_entry(name).presets), name, preset) | dict(overrides)
+    return preset_options(_entry(name).presets, name, preset) | dict(overrides)
 
 
 def build_network(
@@ -179,7 +179,7 @@ def build_network(
             f"{name} takes {dims}, got spatial_dims={spatial_dims}; "
             f"networks for {spatial_dims}D: {', '.join(others)}"
         )
-    preset_options(dict(entry.presets), name, preset)
+    preset_options(entry.presets, name, preset)
     accepted = option_names(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -199,7 +199,9 @@ def build_network(
         raise ConfigError(f"network {name!r}: bad option ({error})") from error
 
 
-def preset_options(presets: dict[str, dict[str, Any]], network: str, preset: str) -> dict[str, Any]:
+def preset_options(
+    presets: Mapping[str, Mapping[str, Any]], network: str, preset: str
+) -> dict[str, Any]:
     """A copy of ``presets[preset]``; raises ``ConfigError`` naming the presets that exist."""
     if preset not in presets:
         raise ConfigError(

@@ -56,7 +56,7 @@ def model_info(model: str | Path) -> dict[str, Any]:
     }
 
 
-def _recorded(provenance: dict[str, Any], key: str) -> Any:
+def _recorded(provenance: Any, key: str) -> Any:
     # A pruned model keeps the model it was pruned from under "parent".
     while isinstance(provenance, dict):
         if provenance.get(key) is not None:

@@ -65,13 +65,13 @@ def postprocess(
     for name in rules.largest_component:
         components, count = ndimage.label(organ(name))
         if count > 1:
-            sizes = np.bincount(components.ravel())[1:]
-            result[(components > 0) & (components != sizes.argmax() + 1)] = 0
+            counts = np.bincount(components.ravel())[1:]
+            result[(components > 0) & (components != counts.argmax() + 1)] = 0
     for name, minimum in rules.min_component_ml.items():
         components, count = ndimage.label(organ(name))
         if count:
-            sizes = np.bincount(components.ravel()) * voxel_ml
-            small = np.flatnonzero(sizes < minimum)
+            volumes_ml = np.bincount(components.ravel()) * voxel_ml
+            small = np.flatnonzero(volumes_ml < minimum)
             result[np.isin(components, small[small > 0])] = 0
     for name in rules.fill_holes:
         region = organ(name)

@@ -126,7 +126,7 @@ def discover_training_data(config: Config) -> Any:
     for a ``folder`` layout, and the cases of ``data.datalist`` when one is given."""
     from medseg.datasets.datalist import load_datalist
 
-    options = {}
+    options: dict[str, Any] = {}
     if config.data.layout == "folder":
         options = {"labels": config.data.labels, "modality": config.transforms.modality}
     # Validation reads every header and label once, so a broken case stops the run now,

@@ -144,7 +144,7 @@ class Trainer:
         )
         self.loader, self.sampler = training_loader(
             self.train_set,
-            batch_size=self.recipe.batch_size,
+            batch_size=int(self.recipe.batch_size),  # the plan resolved "auto"
             rank=self.info.rank,
             world_size=self.info.world_size,
             seed=self.recipe.seed,
@@ -271,7 +271,7 @@ class Trainer:
                 if self.info.is_main:
                     rows = validate(
                         self.network,
-                        self.val_loader,
+                        self.val_loader or [],
                         self.scheme,
                         self.model_config.inference,
                         self.device,
@@ -285,7 +285,11 @@ class Trainer:
             history.append({"epoch": epoch, **metrics})
             tracker.log_metrics(metrics, step=epoch)
             if self.info.is_main:
-                progress = {"best_metric": best, "best_epoch": best_epoch, "stale": stale}
+                progress: dict[str, Any] = {
+                    "best_metric": best,
+                    "best_epoch": best_epoch,
+                    "stale": stale,
+                }
                 progress |= {"history": history, "run_id": tracker.run_id or ""}
                 self._checkpoint(epoch, progress)
             barrier()
