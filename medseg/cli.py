@@ -203,10 +203,12 @@ def train(
     else:
         settings = load_config(config, overrides)
     from medseg.pipelines import train as training
+    from medseg.pipelines.prune import after_training as pruning
 
+    after = [pruning] if settings.train.prune else []
     console = _console()
     if folds == "all":
-        summary = training.train_folds(settings)
+        summary = training.train_folds(settings, after=after)
         for name in summary["mean"]:
             console.print(
                 f"{name}: {summary['mean'][name]:.4f} +/- {summary['std'][name]:.4f} over "
@@ -215,7 +217,7 @@ def train(
             )
         console.print(f"summary: {settings.output / 'cross_validation.json'}", highlight=False)
         return
-    result = training.train(settings, resume=resume is not None)
+    result = training.train(settings, resume=resume is not None, after=after)
     console.print(
         f"best validation Dice {result.best_metric:.4f} (epoch {result.best_epoch + 1})",
         highlight=False,

@@ -20,12 +20,38 @@ from medseg.config import non_finite_key
 from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
 from medseg.files import read_regular_text, require_regular_file
-from medseg.pipelines.postprocess import Postprocessing
 from medseg.transforms.presets import Preprocessing
 from medseg.yaml_input import describe_validation_error, load_yaml
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "weights.safetensors"
+
+
+class Postprocessing(BaseModel):
+    """Rules applied in this order, each naming structures of the label scheme.
+
+    ``largest_component``: keep only the largest connected component; ``min_component_ml``:
+    remove components smaller than the given volume; ``fill_holes``: fill enclosed holes;
+    ``inside``: a structure that lives inside another (LiTS: ``{tumour: liver}``) is removed
+    where it does not touch its container, and counts as part of the container for the
+    other rules (the liver's largest component and holes include its tumours).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    largest_component: list[str] = Field(default_factory=list)
+    min_component_ml: dict[str, float] = Field(default_factory=dict)
+    fill_holes: list[str] = Field(default_factory=list)
+    inside: dict[str, str] = Field(default_factory=dict)
+
+    def check(self, scheme: LabelScheme) -> None:
+        """Raise ``ConfigError`` when a rule names a structure the scheme does not have."""
+        named = [*self.largest_component, *self.min_component_ml, *self.fill_holes]
+        named += [*self.inside, *self.inside.values()]
+        unknown = sorted(set(named) - set(scheme.foreground))
+        if unknown:
+            known = ", ".join(scheme.foreground)
+            raise ConfigError(f"postprocess names {', '.join(unknown)}; structures: {known}")
 
 
 class _Strict(BaseModel):

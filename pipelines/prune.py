@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,6 +49,9 @@ from medseg.pipelines.prune_report import (
 from medseg.pipelines.tracking import Tracker
 from medseg.pipelines.validation import dice_rows, summarise
 from medseg.transforms.presets import validation_transforms
+
+if TYPE_CHECKING:
+    from medseg.pipelines.train import FinishedTraining
 
 logger = logging.getLogger(__name__)
 
@@ -382,3 +385,14 @@ def prune_after_training(
         return None
     track_pruning(result, tracker)
     return result
+
+
+def after_training(finished: FinishedTraining) -> None:
+    """The post-training step ``train.prune: true`` asks for (``medseg train`` attaches it):
+    ``prune_after_training`` on the finished run's model and validation cases."""
+    prune_after_training(
+        finished.model_dir,
+        finished.val_cases,
+        finished.tracker,
+        device=finished.config.train.device,
+    )
