@@ -250,7 +250,7 @@ def ct_intensity(cases_root: Path) -> dict[str, float]:
     """The CT window and statistics ``medseg train`` fits, here on the generated cases."""
     from medseg.datasets import discover
     from medseg.datasets.fingerprint import fingerprint_dataset
-    from medseg.pipelines.plan import ct_statistics
+    from medseg.pipelines.training.plan import ct_statistics
 
     fingerprint = fingerprint_dataset(discover("lits", cases_root))
     return ct_statistics(fingerprint.samples[fingerprint.channels[0]]["foreground"])

@@ -142,7 +142,7 @@ def plan(
 ) -> None:
     """Fingerprint a dataset and plan spacing, normalisation, patch, batch and pooling."""
     from medseg.config import parse_config
-    from medseg.pipelines.planner import plan_dataset
+    from medseg.pipelines.training.planner import plan_dataset
 
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter(f"{device!r}: use cpu or cuda", param_hint="--device")
@@ -202,8 +202,8 @@ def train(
         raise typer.BadParameter("give a CONFIG file, or --resume RUN_DIR", param_hint="CONFIG")
     else:
         settings = load_config(config, overrides)
-    from medseg.pipelines import train as training
-    from medseg.pipelines.prune import after_training as pruning
+    from medseg.pipelines.pruning.prune import after_training as pruning
+    from medseg.pipelines.training import train as training
 
     after = [pruning] if settings.train.prune else []
     console = _console()
@@ -270,7 +270,7 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists.")] = False,
 ) -> None:
     """Segment volumes onto their own grid; exit 1 when some cases failed."""
-    from medseg.pipelines.predict import predict as run_prediction
+    from medseg.pipelines.prediction.predict import predict as run_prediction
 
     report = run_prediction(
         model,
@@ -327,10 +327,10 @@ def evaluate(
     track: Annotated[bool, typer.Option(help="Log the report to MLflow.")] = False,
 ) -> None:
     """Score predictions against references: Dice, IoU, HD95, ASSD, surface Dice."""
-    from medseg.pipelines.evaluate import evaluate as run_evaluation
-    from medseg.pipelines.evaluate import track_evaluation
-    from medseg.pipelines.metrics import EmptyRule
-    from medseg.pipelines.references import find_references
+    from medseg.pipelines.evaluation.evaluate import evaluate as run_evaluation
+    from medseg.pipelines.evaluation.evaluate import track_evaluation
+    from medseg.pipelines.evaluation.metrics import EmptyRule
+    from medseg.pipelines.evaluation.references import find_references
 
     # EmptyRule refuses any other value with a ConfigError.
     rule = EmptyRule(one_empty_distance=cast(Literal["diagonal", "nan"], one_empty))
@@ -378,9 +378,9 @@ def prune(
     track: Annotated[bool, typer.Option(help="Log the table, plot and level to MLflow.")] = False,
 ) -> None:
     """Measure every UNet++ pruning level and write the smallest that keeps the Dice."""
-    from medseg.pipelines.prune import parse_levels
-    from medseg.pipelines.prune import prune as run_pruning
-    from medseg.pipelines.prune_report import pruning_table, track_pruning
+    from medseg.pipelines.pruning.prune import parse_levels
+    from medseg.pipelines.pruning.prune import prune as run_pruning
+    from medseg.pipelines.pruning.prune_report import pruning_table, track_pruning
 
     result = run_pruning(
         model,
@@ -420,7 +420,7 @@ def export(
     """Write a file that runs without medseg, checked against medseg's own forward."""
     if format_ not in ("torchscript", "onnx"):
         raise typer.BadParameter("use torchscript or onnx", param_hint="--format")
-    from medseg.pipelines.export import ExportFormat, export_model
+    from medseg.pipelines.export.export import ExportFormat, export_model
 
     result = export_model(model, cast(ExportFormat, format_), output, prune_level=prune_level)
     console = _console()
@@ -452,7 +452,7 @@ def info(
 def _print_evaluation(result: Any) -> None:
     from rich.table import Table
 
-    from medseg.pipelines.metrics import METRICS
+    from medseg.pipelines.evaluation.metrics import METRICS
 
     shown = [metric for metric in METRICS if metric.heading]
     table = Table(title="evaluation (mean over cases)")

@@ -254,7 +254,7 @@ class InferConfig(_Section):
 
 
 class PostprocessConfig(_Section):
-    """Label-map rules applied by ``medseg predict`` (see ``pipelines/postprocess.py``)."""
+    """Label-map rules applied by ``medseg predict`` (``pipelines/prediction/postprocess.py``)."""
 
     largest_component: list[str] = Field(default_factory=list)
     min_component_ml: dict[str, float] = Field(default_factory=dict)

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from medseg.datasets import discover
 from medseg.datasets.fingerprint import fingerprint_dataset
 from medseg.datasets.image_io import declared_shape, read_volume, suffix_of
-from medseg.pipelines.plan import ct_statistics
+from medseg.pipelines.training.plan import ct_statistics
 
 SHAPE = (16, 12, 5)
 SPACING = (0.8, 0.9, 2.5)

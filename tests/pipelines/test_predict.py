@@ -22,8 +22,8 @@ from monai.inferers import sliding_window_inference
 from medseg.datasets import discover
 from medseg.pipelines.inference import WindowCount, sliding_window_predict
 from medseg.pipelines.model_dir import open_model
-from medseg.pipelines.predict import predict, shard
-from medseg.pipelines.segmenter import Segmenter
+from medseg.pipelines.prediction.predict import predict, shard
+from medseg.pipelines.prediction.segmenter import Segmenter
 
 MEDSEG = str(Path(sys.executable).with_name("medseg"))
 

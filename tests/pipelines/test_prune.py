@@ -19,15 +19,15 @@ from medseg.config import Config
 from medseg.datasets import discover
 from medseg.errors import ConfigError
 from medseg.pipelines.model_dir import WEIGHTS_FILE, open_model, save_model_dir
-from medseg.pipelines.predict import predict
-from medseg.pipelines.prune import (
+from medseg.pipelines.prediction.predict import predict
+from medseg.pipelines.pruning.prune import (
     choose_level,
     parse_levels,
     prune,
     prune_after_training,
     save_pruned_model,
 )
-from medseg.pipelines.prune_report import pruning_table, track_pruning
+from medseg.pipelines.pruning.prune_report import pruning_table, track_pruning
 from medseg.pipelines.tracking import Tracker
 
 # test_end_to_end.py's tiny UNet++ (depth 3: levels 1..3), trained on fewer patches for
@@ -51,7 +51,7 @@ TOLERANCE = 0.1
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory, brats_phantoms) -> Path:
     """The tiny UNet++ trained on the BraTS phantoms; its model directory."""
-    from medseg.pipelines.train import train
+    from medseg.pipelines.training.train import train
 
     run_dir = tmp_path_factory.mktemp("prune") / "run"
     config = Config.model_validate(

@@ -133,7 +133,7 @@ def test_nan_in_the_affine_names_the_file_before_inference(
     bad = tmp_path / "in" / "nan_affine.nii"
     bad.parent.mkdir()
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj), None, header), bad)
-    import medseg.pipelines.segmenter as segmenter
+    import medseg.pipelines.prediction.segmenter as segmenter
 
     def no_voxels(*args, **kwargs):
         raise AssertionError("voxels were read")

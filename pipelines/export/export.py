@@ -31,8 +31,8 @@ import torch
 from medseg.errors import ConfigError, MedsegError
 from medseg.files import write_atomic, write_text_atomic
 from medseg.networks import abilities, as_prunable
+from medseg.pipelines.export.preprocessing_json import INPUT_NAME, OUTPUT_NAME, describe
 from medseg.pipelines.model_dir import ModelConfig, NetworkSpec, build_from_config, open_model
-from medseg.pipelines.preprocessing_json import INPUT_NAME, OUTPUT_NAME, describe
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from medseg.networks import abilities, as_prunable
 from medseg.networks.inference_layout import inference_network
 from medseg.pipelines.inference import WindowCount, sliding_window_predict
 from medseg.pipelines.model_dir import ModelConfig
-from medseg.pipelines.postprocess import postprocess
+from medseg.pipelines.prediction.postprocess import postprocess
 from medseg.pipelines.resources import inversion_groups
 from medseg.transforms.labels import probabilities
 from medseg.transforms.presets import inference_transforms

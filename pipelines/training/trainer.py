@@ -1,7 +1,7 @@
 """The epoch loop of ``medseg train``: optimisation, validation, checkpoints, tracking.
 
 Randomness is derived from ``train.seed`` per epoch (dropout, data order) and per sample
-(augmentation, see ``pipelines/data.py``), so a run resumed from an epoch's checkpoint
+(augmentation, see ``pipelines/training/data.py``), so a run resumed from an epoch's checkpoint
 continues exactly as the uninterrupted one, with no random state to carry over.
 """
 
@@ -20,7 +20,6 @@ from medseg.config import Config, config_to_dict, flatten
 from medseg.errors import TrainingError
 from medseg.networks import abilities, as_staged
 from medseg.pipelines.checkpoints import save_checkpoint
-from medseg.pipelines.data import SeededDataset, cached_dataset, training_loader
 from medseg.pipelines.distributed import (
     ProcessInfo,
     barrier,
@@ -28,11 +27,12 @@ from medseg.pipelines.distributed import (
     mean_across_ranks,
 )
 from medseg.pipelines.inference import resolve_precision
-from medseg.pipelines.losses import DeepSupervisionLoss, segmentation_loss
 from medseg.pipelines.model_dir import ModelConfig, build_from_config, load_weights
-from medseg.pipelines.optim import lr_factor, make_optimizer
 from medseg.pipelines.progress import epoch_progress
 from medseg.pipelines.tracking import Tracker
+from medseg.pipelines.training.data import SeededDataset, cached_dataset, training_loader
+from medseg.pipelines.training.losses import DeepSupervisionLoss, segmentation_loss
+from medseg.pipelines.training.optim import lr_factor, make_optimizer
 from medseg.pipelines.validation import summarise, validate
 from medseg.transforms.presets import training_transforms, validation_transforms
 

@@ -42,11 +42,11 @@ from medseg.pipelines.model_dir import (
     load_model_dir,
     save_model_dir,
 )
-from medseg.pipelines.planner import FINGERPRINT_FILE, PLAN_FILE, PlannedRun, plan_run
-from medseg.pipelines.plots import plot_learning_curve
 from medseg.pipelines.resources import require_cache_memory
 from medseg.pipelines.tracking import Tracker
-from medseg.pipelines.trainer import BEST, LAST, Trainer
+from medseg.pipelines.training.planner import FINGERPRINT_FILE, PLAN_FILE, PlannedRun, plan_run
+from medseg.pipelines.training.plots import plot_learning_curve
+from medseg.pipelines.training.trainer import BEST, LAST, Trainer
 from medseg.transforms.presets import Preprocessing
 
 logger = logging.getLogger(__name__)

@@ -27,11 +27,11 @@ from medseg.datasets.image_io import KEPT_FORMATS, NIFTI_FILE_SUFFIXES, write_la
 from medseg.errors import CaseError, ConfigError
 from medseg.files import remove_stale_temporaries, require_outside, write_atomic, write_text_atomic
 from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
-from medseg.pipelines.cases import collect_cases
 from medseg.pipelines.inference import resolve_device, resolve_precision
 from medseg.pipelines.model_dir import open_model
-from medseg.pipelines.segmenter import Segmentation, Segmenter
-from medseg.pipelines.writers import finished_output, output_name
+from medseg.pipelines.prediction.cases import collect_cases
+from medseg.pipelines.prediction.segmenter import Segmentation, Segmenter
+from medseg.pipelines.prediction.writers import finished_output, output_name
 
 Shared = TypeVar("Shared")
 logger = logging.getLogger(__name__)

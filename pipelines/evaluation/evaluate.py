@@ -34,7 +34,7 @@ from medseg.datasets.base import CaseProblem, LabelScheme
 from medseg.datasets.image_io import LABEL_MAP_SUFFIXES, Volume, is_nifti_file, read_volume
 from medseg.errors import CaseError, ConfigError
 from medseg.files import write_atomic, write_text_atomic
-from medseg.pipelines.metrics import (
+from medseg.pipelines.evaluation.metrics import (
     DEFAULT_RULE,
     METRIC_AXIS_LABELS,
     ROW_FIELDS,

@@ -39,7 +39,7 @@ from medseg.pipelines.inference import (
     sliding_window_predict,
 )
 from medseg.pipelines.model_dir import ModelConfig, build_from_config, open_model, save_model_dir
-from medseg.pipelines.prune_report import (
+from medseg.pipelines.pruning.prune_report import (
     LevelMeasurement,
     PruneResult,
     plot_pruning,
@@ -51,7 +51,7 @@ from medseg.pipelines.validation import dice_rows, summarise
 from medseg.transforms.presets import validation_transforms
 
 if TYPE_CHECKING:
-    from medseg.pipelines.train import FinishedTraining
+    from medseg.pipelines.training.train import FinishedTraining
 
 logger = logging.getLogger(__name__)
 

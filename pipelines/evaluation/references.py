@@ -9,7 +9,7 @@ from medseg.datasets import LAYOUT_NAMES, discover
 from medseg.datasets.base import LabelScheme
 from medseg.datasets.image_io import IMAGE_SUFFIXES
 from medseg.errors import ConfigError
-from medseg.pipelines.cases import strip_suffix
+from medseg.pipelines.prediction.cases import strip_suffix
 
 
 @dataclass
