@@ -17,9 +17,17 @@ setup: $(READY)
 demo: $(READY)
 	bash scripts/demo.sh
 
+# mypy reads the package under its import names through links (see pyproject's [tool.mypy]).
+TYPED := .mypy_cache/medseg-tree
+
 lint: $(READY)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	rm -rf $(TYPED) && mkdir -p $(TYPED)/medseg
+	ln -s $(CURDIR)/medseg/*.py $(CURDIR)/medseg/py.typed $(TYPED)/medseg/
+	for folder in datasets transforms networks pipelines; do \
+		ln -s $(CURDIR)/$$folder $(TYPED)/medseg/$$folder; done
+	$(BIN)/mypy -p medseg
 
 test: lint
 	$(BIN)/pytest

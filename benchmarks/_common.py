@@ -287,7 +287,7 @@ def ct_intensity(cases_root: Path) -> dict[str, float]:
     """The CT window and statistics ``medseg train`` fits, here on the generated cases."""
     from medseg.datasets import discover
     from medseg.datasets.fingerprint import fingerprint_dataset
-    from medseg.pipelines.plan import ct_statistics
+    from medseg.pipelines.training.plan import ct_statistics
 
     fingerprint = fingerprint_dataset(discover("lits", cases_root))
     return ct_statistics(fingerprint.samples[fingerprint.channels[0]]["foreground"])
@@ -299,8 +299,8 @@ def warm_export_cache(model: Path, cache_home: Path) -> None:
     a runtime backend is its choice: a one-time cost per model, kept out of timed runs."""
     import torch
 
-    from medseg.pipelines.backends import prepare_network
     from medseg.pipelines.model_dir import open_model
+    from medseg.pipelines.prediction.backends import prepare_network
 
     os.environ["XDG_CACHE_HOME"] = str(cache_home)
     config, network = open_model(model)

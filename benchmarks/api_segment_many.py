@@ -36,7 +36,7 @@ def run_api(model: Path, volumes: list[Path]) -> tuple[float, list[np.ndarray]]:
 
 def run_predict(model: Path, cases: Path, output: Path) -> float:
     """Seconds ``medseg predict``'s function takes on ``cases`` into a fresh ``output``."""
-    from medseg.pipelines.predict import predict
+    from medseg.pipelines.prediction.predict import predict
 
     shutil.rmtree(output, ignore_errors=True)
     started = time.perf_counter()

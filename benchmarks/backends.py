@@ -79,8 +79,8 @@ def smooth_volume(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 def prepare(network: Network, layout: str, backend: str, folder: Path) -> tuple[object, float]:
     """The prepared network for ``backend`` (``torch-bf16``: the torch one) and seconds taken."""
-    from medseg.pipelines.backends import prepare_network
     from medseg.pipelines.model_dir import open_model
+    from medseg.pipelines.prediction.backends import prepare_network
 
     directory = folder / f"{network.name}-{layout}"
     if not directory.exists():

@@ -50,8 +50,8 @@ def main() -> None:
 def run_benchmark(work: Path, args: argparse.Namespace) -> None:
     """Generate the case and the model, alternate the sides, print the table and verdict."""
     from medseg.datasets.synthetic import synthesize
-    from medseg.pipelines.clinical_outputs import CaseDescriber
-    from medseg.pipelines.predict import predict
+    from medseg.pipelines.prediction.clinical_outputs import CaseDescriber
+    from medseg.pipelines.prediction.predict import predict
 
     root = work / "lits"
     synthesize("lits", root, cases=1, shape=(512, 512, args.slices), seed=1)

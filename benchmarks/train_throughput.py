@@ -84,7 +84,7 @@ def medseg_child(arguments: list[str]) -> None:
     """Run ``medseg train`` with ``arguments`` in this process, its training loader wrapped
     in ``TimedLoader``; print the loader's waiting time per epoch as one JSON line."""
     from medseg import cli
-    from medseg.pipelines import trainer
+    from medseg.pipelines.training import trainer
 
     loaders: list[TimedLoader] = []
     original = trainer.training_loader

@@ -2,27 +2,33 @@
 
 Each layout module offers ``discover(root, *, need_labels=True) -> DatasetIndex``; the
 ``folder`` layout also takes the label names (``labels``) and ``modality`` from the config.
+``LAYOUT_NAMES`` is the one list of layouts the config schema and the CLI offer; importing
+this package stays light (no numpy, nibabel or ITK) so that they may read it at start-up.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medseg.datasets import brats, em, folder, isic, lits, msd, validation
 from medseg.datasets.base import Case, CaseProblem, DatasetIndex, LabelScheme
 from medseg.errors import ConfigError
 
-LAYOUTS: dict[str, Callable[..., DatasetIndex]] = {
-    "brats": brats.discover,
-    "lits": lits.discover,
-    "msd": msd.discover,
-    "em": em.discover,
-    "isic": isic.discover,
-    "folder": folder.discover,
-}
+LAYOUT_NAMES = ("brats", "lits", "msd", "em", "isic", "folder")
+"""Every on-disk layout; layout ``name`` is read by ``medseg.datasets.<name>.discover``."""
+
+
+def layout_reader(layout: str) -> Callable[..., DatasetIndex]:
+    """The ``discover`` function of ``layout``; ``ConfigError`` naming the layouts otherwise."""
+    if layout not in LAYOUT_NAMES:
+        raise ConfigError(f"layout {layout!r} is not supported; layouts: {', '.join(LAYOUT_NAMES)}")
+    reader: Callable[..., DatasetIndex] = importlib.import_module(
+        f"medseg.datasets.{layout}"
+    ).discover
+    return reader
 
 
 def discover(
@@ -43,9 +49,9 @@ def discover(
     ``labels={"liver": 1}``, ``modality="ct"``). Raises ``ConfigError`` for an unknown
     layout, an option the layout does not take, or a folder the layout cannot read.
     """
-    if layout not in LAYOUTS:
-        raise ConfigError(f"layout {layout!r} is not supported; layouts: {', '.join(LAYOUTS)}")
-    reader = LAYOUTS[layout]
+    from medseg.datasets import validation
+
+    reader = layout_reader(layout)
     accepted = set(inspect.signature(reader).parameters) - {"root", "need_labels"}
     if set(options) - accepted:
         unknown = ", ".join(sorted(set(options) - accepted))
@@ -62,4 +68,12 @@ def discover(
     return index
 
 
-__all__ = ["LAYOUTS", "Case", "CaseProblem", "DatasetIndex", "LabelScheme", "discover"]
+__all__ = [
+    "LAYOUT_NAMES",
+    "Case",
+    "CaseProblem",
+    "DatasetIndex",
+    "LabelScheme",
+    "discover",
+    "layout_reader",
+]

@@ -79,7 +79,7 @@ def case_from_folder(
     if not label.is_file():
         if need_label:
             return CaseProblem(folder.name, label, "segmentation file missing")
-        label = None
+        return Case(folder.name, images, None)
     return Case(folder.name, images, label)
 
 
@@ -104,7 +104,10 @@ def discover(root: Path, *, need_labels: bool = True) -> DatasetIndex:
     problems: list[CaseProblem] = []
     for folder in folders:
         found = case_from_folder(folder, release, need_label=need_labels)
-        (cases if isinstance(found, Case) else problems).append(found)
+        if isinstance(found, Case):
+            cases.append(found)
+        else:
+            problems.append(found)
     return DatasetIndex(
         layout="brats",
         root=root,

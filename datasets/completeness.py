@@ -70,7 +70,7 @@ def gzip_size(path: Path, offset: int = 0, expected: int | None = None) -> int:
                 f"compressed data ends early (after {total} bytes): file truncated"
             ) from None
         except (gzip.BadGzipFile, zlib.error) as error:
-            raise IncompleteError(f"compressed data corrupt ({error})") from None
+            raise IncompleteError(f"compressed data corrupt ({error})") from error
     return total
 
 
@@ -157,7 +157,7 @@ def check_bitmap_complete(path: Path) -> None:
         with Image.open(path) as image:
             image.load()
     except OSError as error:
-        raise IncompleteError(f"image data incomplete ({error})") from None
+        raise IncompleteError(f"image data incomplete ({error})") from error
 
 
 def _header_fields(lines: Iterator[bytes], separator: bytes) -> dict[str, str]:
@@ -201,10 +201,13 @@ def _metaimage_expected(path: Path) -> tuple[Path, int, int, bool] | None:
 
 def _nrrd_item_size(type_name: str) -> int | None:
     name = type_name.lower()
-    for size, marks in ((8, ("64", "long long", "longlong", "double")), (1, ("8", "char"))):
-        if any(mark in name for mark in marks):
-            return size
-    for size, marks in ((2, ("16", "short")), (4, ("32", "int", "float"))):
+    rules: tuple[tuple[int, tuple[str, ...]], ...] = (
+        (8, ("64", "long long", "longlong", "double")),
+        (1, ("8", "char")),
+        (2, ("16", "short")),
+        (4, ("32", "int", "float")),
+    )
+    for size, marks in rules:
         if any(mark in name for mark in marks):
             return size
     return None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.datasets.base import Case
-from medseg.datasets.headers import suffix_of
+from medseg.datasets.image_io import suffix_of
 from medseg.errors import ConfigError
 from medseg.files import read_regular_text
 
@@ -60,7 +60,7 @@ def _entry_case(entry: Any, root: Path, where: str) -> Case:
         image_paths = tuple(resolve_inside(root, p) for p in images)
         label_path = None if label is None else resolve_inside(root, label)
     except OutsideRootError as error:
-        raise ConfigError(f"{where}: {error}") from None
+        raise ConfigError(f"{where}: {error}") from error
     case_id = str(entry.get("id") or case_id_of(image_paths[0]))
     return Case(case_id, image_paths, label_path)
 
@@ -78,7 +78,7 @@ def load_datalist(
     try:
         data = json.loads(read_regular_text(path))
     except (OSError, ValueError) as error:
-        raise ConfigError(f"{path}: cannot read datalist ({error})") from None
+        raise ConfigError(f"{path}: cannot read datalist ({error})") from error
     if not isinstance(data, dict) or not any(s in data for s in sections):
         raise ConfigError(f"{path}: a datalist needs a list under {' or '.join(sections)}")
     cases, errors = [], []

@@ -177,12 +177,12 @@ def discover_dicom_tree(root: Path, rules: SeriesRules) -> DicomTree:
             where = next(iter(series.folders)) if len(series.folders) == 1 else root
             tree.skipped.append(SkippedInput(where, f"series {series.uid}: {reason}"))
             continue
-        ((folder, files),) = series.folders.items()
+        ((series_folder, series_files),) = series.folders.items()
         tree.series.append(
             DicomSeries(
                 series.uid,
-                folder,
-                files,
+                series_folder,
+                series_files,
                 series.slices,
                 series.modality,
                 case_name(series.name_parts, series.uid),

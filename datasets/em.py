@@ -23,16 +23,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from medseg.datasets.base import Case, CaseProblem, DatasetIndex, LabelScheme
-from medseg.datasets.headers import suffix_of
+from medseg.datasets.image_io import NIFTI_FILE_SUFFIXES, TIFF_SUFFIXES, suffix_of
 from medseg.errors import ConfigError
 
 LABELS = LabelScheme.classes({"cell": 255, "membrane": 0})
-SUFFIXES = (".tif", ".tiff", ".nii.gz", ".nii")
+SUFFIXES = (*TIFF_SUFFIXES, *NIFTI_FILE_SUFFIXES)
 
 
 def _stacks(root: Path, kind: str) -> dict[str, Path]:
     """Stack name -> file, for the files of ``root`` named ``NAME-<kind><suffix>``."""
-    found = {}
+    found: dict[str, Path] = {}
     for path in sorted(root.iterdir()):
         suffix = suffix_of(path)
         stem = path.name[: -len(suffix)] if suffix in SUFFIXES else ""

@@ -22,7 +22,8 @@ import nibabel as nib
 import numpy as np
 
 from medseg.datasets.base import Case, DatasetIndex
-from medseg.datasets.headers import NIFTI_SUFFIXES, inspect_image, suffix_of
+from medseg.datasets.headers import inspect_image
+from medseg.datasets.image_io import NIFTI_SUFFIXES, suffix_of
 from medseg.errors import ConfigError
 
 # Values kept per case and channel: enough for percentiles to a tenth of a percent, and a

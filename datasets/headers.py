@@ -32,14 +32,15 @@ from medseg.datasets.completeness import (
     check_nifti_complete,
     check_tiff_complete,
 )
+from medseg.datasets.image_io import (
+    BITMAP_SUFFIXES,
+    NIFTI_SUFFIXES,
+    TIFF_SUFFIXES,
+    suffix_of,
+)
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img.gz", ".img")
-TIFF_SUFFIXES = (".tif", ".tiff")
-BITMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
-IMAGE_SUFFIXES = NIFTI_SUFFIXES + TIFF_SUFFIXES + BITMAP_SUFFIXES + ITK_SUFFIXES
 
 # Millimetres per unit of the length units TIFF writers (ImageJ above all) put in their tags.
 _MM_PER_UNIT = {
@@ -90,12 +91,6 @@ def quiet_itk() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
-def suffix_of(path: Path) -> str:
-    """The image suffix of ``path`` (``.nii.gz`` counts as one), lower case; ``""`` if unknown."""
-    name = path.name.lower()
-    return next((suffix for suffix in IMAGE_SUFFIXES if name.endswith(suffix)), "")
-
-
 def is_image(path: Path) -> bool:
     """Whether ``path`` is an image medseg reads: a file with a known suffix (not the data
     half ``.img`` of an Analyze pair, nor a hidden or macOS ``._`` file), or a folder holding
@@ -135,18 +130,18 @@ def inspect_image(path: Path) -> ImageHeader:
             return _bitmap_header(path)
         return _itk_header(path)
     except IncompleteError as error:
-        raise UnusableImageError(str(error)) from None
+        raise UnusableImageError(str(error)) from error
     except PermissionError:
         raise UnusableImageError("cannot be opened: permission denied") from None
     except IsADirectoryError:
         raise UnusableImageError("is a folder, not an image file") from None
     except FileNotFoundError as error:  # the file itself exists: a companion is missing
         missing = Path(error.filename).name if error.filename else str(error)
-        raise UnusableImageError(f"data file missing ({missing})") from None
+        raise UnusableImageError(f"data file missing ({missing})") from error
     except UnusableImageError:
         raise
     except Exception as error:
-        raise UnusableImageError(f"unreadable ({_last_line(error)})") from None
+        raise UnusableImageError(f"unreadable ({_last_line(error)})") from error
 
 
 def _last_line(error: Exception) -> str:
@@ -468,10 +463,10 @@ def label_values(path: Path, *, slab_bytes: int = 1 << 26) -> np.ndarray:
     except UnusableImageError:
         raise
     except Exception as error:
-        raise UnusableImageError(f"label data unreadable ({_last_line(error)})") from None
+        raise UnusableImageError(f"label data unreadable ({_last_line(error)})") from error
 
 
-def _label_chunks(path: Path, slab_bytes: int):
+def _label_chunks(path: Path, slab_bytes: int) -> Iterator[np.ndarray]:
     suffix = "" if path.is_dir() else suffix_of(path)
     if suffix in NIFTI_SUFFIXES:
         # One open stream for all slabs: each reopening would decompress a .gz from its start.

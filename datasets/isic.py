@@ -49,13 +49,13 @@ def discover(root: Path, *, need_labels: bool = True) -> DatasetIndex:
         raise ConfigError(f"{root}: no ISIC images (expected ISIC_0000000.jpg)")
     cases: list[Case] = []
     problems: list[CaseProblem] = []
-    for case_id, image in images:
-        mask = masks.get(case_id)
-        if mask is None and need_labels:
+    for case_id, image_path in images:
+        mask_path = masks.get(case_id)
+        if mask_path is None and need_labels:
             expected = f"{case_id}_segmentation.png"
-            problems.append(CaseProblem(case_id, image, f"mask missing (expected {expected})"))
+            problems.append(CaseProblem(case_id, image_path, f"mask missing (expected {expected})"))
         else:
-            cases.append(Case(case_id, (image,), mask))
+            cases.append(Case(case_id, (image_path,), mask_path))
     for case_id in sorted(set(masks) - {case_id for case_id, _ in images}):
         problems.append(
             CaseProblem(case_id, masks[case_id], f"image missing (expected {case_id}.jpg)")

@@ -52,7 +52,7 @@ def discover(root: Path, *, need_labels: bool = True) -> DatasetIndex:
         labels = segmentations.get(number, [])
         for volume in volumes[number]:
             beside = [label for label in labels if label.parent == volume.parent]
-            label = (beside or labels or [None])[0]
+            label = (beside or labels)[0] if beside or labels else None
             if label is None and need_labels:
                 expected = volume.with_name(f"segmentation-{number}.nii")
                 problems.append(

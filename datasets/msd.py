@@ -26,7 +26,7 @@ from typing import Any
 
 from medseg.datasets.base import Case, CaseProblem, DatasetIndex, LabelScheme
 from medseg.datasets.datalist import OutsideRootError, case_id_of, resolve_inside
-from medseg.datasets.headers import BITMAP_SUFFIXES, suffix_of
+from medseg.datasets.image_io import BITMAP_SUFFIXES, suffix_of
 from medseg.errors import ConfigError
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -196,7 +196,7 @@ def discover(root: Path, *, need_labels: bool = True) -> DatasetIndex:
     try:
         data = json.loads(description.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ConfigError(f"{description}: unreadable ({error})") from None
+        raise ConfigError(f"{description}: unreadable ({error})") from error
     if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
         raise ConfigError(f"{description}: needs a 'labels' mapping")
     channels = _channel_names(data, str(description))

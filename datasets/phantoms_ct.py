@@ -14,6 +14,7 @@ have negative x and y scales.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -130,7 +131,7 @@ def make_patient(rng: np.random.Generator) -> Patient:
     liver_span = (rng.uniform(0.5, 0.56), rng.uniform(0.84, 0.9))
     liver_centre = (-0.3 + rng.uniform(-0.03, 0.03), -0.04 + rng.uniform(-0.03, 0.03))
     liver_hu = LIVER + rng.uniform(-8, 8)
-    tumours = []
+    tumours: list[tuple[Any, ...]] = []
     count = rng.choice([0, 1, 1, 2, 2, 3, 4])
     while len(tumours) < count:
         h = rng.uniform(liver_span[0] + 0.08, liver_span[1] - 0.06)
@@ -253,7 +254,7 @@ def ct_slice(
 
 
 def lits_phantom(
-    shape: tuple[int, int, int], rng: np.random.Generator
+    shape: tuple[int, ...], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """A CT volume (int16 HU, clipped to -1024..3071), its labels (uint8 0/1/2), both indexed
     (x, y, z) in LPS voxel order, and the voxel size (x, y, z) in mm."""

@@ -15,7 +15,7 @@ from scipy import ndimage
 
 
 def _section_cells(
-    seeds: np.ndarray, alive: np.ndarray, shape: tuple[int, int], warp: np.ndarray
+    seeds: np.ndarray, alive: np.ndarray, shape: tuple[int, ...], warp: np.ndarray
 ) -> np.ndarray:
     """Cell index (int32, ``shape``) of each pixel: its nearest living seed, after ``warp``."""
     marker = np.zeros(shape, dtype=np.int32)
@@ -65,9 +65,7 @@ def _organelles(
     return mask & ~clear
 
 
-def isbi_phantom(
-    shape: tuple[int, int, int], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def isbi_phantom(shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """An EM stack (uint8) and its labels (uint8: 0 membrane, 255 cell), both (x, y, sections).
 
     The default ISBI size is 512x512x30; cells are about an eighth of the section wide.

@@ -6,6 +6,8 @@ ellipsoids and a network has to learn intensity and context rather than one geom
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
 
@@ -34,7 +36,7 @@ def smooth_field(shape: tuple[int, ...], rng: np.random.Generator, scale: float)
 
 
 def blob(
-    grid: list[np.ndarray],
+    grid: Sequence[np.ndarray],
     centre: np.ndarray,
     radii: np.ndarray,
     wobble: np.ndarray,
@@ -48,7 +50,7 @@ def blob(
 
 
 def brats_phantom(
-    shape: tuple[int, int, int], rng: np.random.Generator
+    shape: tuple[int, ...], rng: np.random.Generator
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One skull-stripped brain with a glioma: (images per sequence (int16), labels (uint8)).
 

@@ -56,7 +56,7 @@ def _hairs(image: Image.Image, rng: np.random.Generator) -> None:
 
 
 def isic_phantom(
-    shape: tuple[int, int], rng: np.random.Generator
+    shape: tuple[int, ...], rng: np.random.Generator
 ) -> tuple[Image.Image, Image.Image]:
     """A dermoscopy image (RGB) and its lesion mask (mode L, 0/255), ``shape`` = (width,
     height) in pixels."""

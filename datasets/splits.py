@@ -85,7 +85,7 @@ def load_splits(path: Path) -> list[dict[str, list[str]]]:
     try:
         splits = json.loads(read_regular_text(path))
     except (OSError, ValueError) as error:
-        raise ConfigError(f"{path}: cannot read splits ({error})") from None
+        raise ConfigError(f"{path}: cannot read splits ({error})") from error
     valid = isinstance(splits, list) and all(
         isinstance(s, dict) and set(s) == {"train", "val"} for s in splits
     )

@@ -14,6 +14,7 @@ labels; read with the ``msd`` layout), ``em`` and ``isic``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -126,8 +127,8 @@ def write_msd(out_dir: Path, cases: int, shape: Shape | None, seed: int) -> list
     """
     shape = shape or (240, 240, 155)
     affine = brats_affine(shape)
-    for folder in ("imagesTr", "labelsTr", "imagesTs"):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    for name in ("imagesTr", "labelsTr", "imagesTs"):
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
     training, test = [], []
     for index in range(cases + 1):
         channels, labels = _brain_case(shape, seed, index)
@@ -167,8 +168,8 @@ def write_nnunet(out_dir: Path, cases: int, shape: Shape | None, seed: int) -> l
     test case in ``imagesTs/``; return each training case's first channel file."""
     shape = shape or (240, 240, 155)
     affine = brats_affine(shape)
-    for folder in ("imagesTr", "labelsTr", "imagesTs"):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    for name in ("imagesTr", "labelsTr", "imagesTs"):
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
     written = []
     for index in range(cases + 1):
         channels, labels = _brain_case(shape, seed, index)
@@ -247,12 +248,12 @@ def write_isic(out_dir: Path, cases: int, shape: Shape | None, seed: int) -> lis
         written.append(
             write_atomic(
                 images_dir / f"{case_id}.jpg",
-                lambda path, picture=picture, q=quality: picture.save(path, "JPEG", quality=q),
+                functools.partial(picture.save, format="JPEG", quality=quality),
             )
         )
         write_atomic(
             masks_dir / f"{case_id}_segmentation.png",
-            lambda path, mask=mask: mask.save(path, "PNG"),
+            functools.partial(mask.save, format="PNG"),
         )
     return written
 

@@ -127,7 +127,7 @@ def case_problems(
             )
     reference = readable[0] if readable else None
     for path, header in readable[1:]:
-        problems += _geometry_problems(case, path, header, reference, affine_tolerance)
+        problems += _geometry_problems(case, path, header, readable[0], affine_tolerance)
     if case.label is None:
         return problems
     label = _read(case, case.label, problems)

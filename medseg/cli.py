@@ -11,11 +11,12 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
 from medseg import __version__
+from medseg.datasets import LAYOUT_NAMES
 from medseg.errors import MedsegError
 
 app = typer.Typer(
@@ -28,7 +29,6 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
-LAYOUT_NAMES = ("brats", "lits", "msd", "em", "isic", "folder")
 
 
 def _version(value: bool) -> None:
@@ -138,7 +138,7 @@ def plan(
 ) -> None:
     """Fingerprint a dataset and plan spacing, normalisation, patch, batch and pooling."""
     from medseg.config import parse_config
-    from medseg.pipelines.planner import plan_dataset
+    from medseg.pipelines.training.planner import plan_dataset
 
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter(f"{device!r}: use cpu or cuda", param_hint="--device")
@@ -200,11 +200,13 @@ def train(
         settings = load_config(config, overrides)
     # Loading torch and MONAI takes seconds: a job log shows the run has started.
     logging.getLogger("medseg").info("training into %s", settings.output)
-    from medseg.pipelines import train as training
+    from medseg.pipelines.pruning.prune import after_training as pruning
+    from medseg.pipelines.training import train as training
 
+    after = [pruning] if settings.train.prune else []
     console = _console()
     if folds == "all":
-        summary = training.train_folds(settings)
+        summary = training.train_folds(settings, after=after)
         for name in summary["mean"]:
             console.print(
                 f"{name}: {summary['mean'][name]:.4f} +/- {summary['std'][name]:.4f} over "
@@ -213,7 +215,7 @@ def train(
             )
         console.print(f"summary: {settings.output / 'cross_validation.json'}", highlight=False)
         return
-    result = training.train(settings, resume=resume is not None)
+    result = training.train(settings, resume=resume is not None, after=after)
     console.print(
         f"best validation Dice {result.best_metric:.4f} (epoch {result.best_epoch})",
         highlight=False,
@@ -318,14 +320,14 @@ def predict(
 ) -> None:
     """Segment volumes onto their own grid, with statistics.csv; exit 1 when some cases
     failed."""
-    from medseg.pipelines.parts import Part
-    from medseg.pipelines.predict import predict as run_prediction
+    from medseg.pipelines.prediction.parts import Part
+    from medseg.pipelines.prediction.predict import predict as run_prediction
 
     ray_options = None
     if ray is None and (ray_actors, ray_cpus_per_actor, ray_gpus_per_actor) != (1, 1.0, 0.0):
         raise typer.BadParameter("the --ray-* options need --ray", param_hint="--ray")
     if ray is not None:
-        from medseg.pipelines.ray_predict import RayOptions
+        from medseg.pipelines.prediction.ray_predict import RayOptions
 
         ray_options = RayOptions(ray, ray_actors, ray_cpus_per_actor, ray_gpus_per_actor)
     report = run_prediction(
@@ -404,7 +406,7 @@ def evaluate(
 ) -> None:
     """Score predictions against references: Dice, IoU, HD95, ASSD, surface Dice."""
     from medseg.pipelines.api import evaluate_folders
-    from medseg.pipelines.evaluate import track_evaluation
+    from medseg.pipelines.evaluation.evaluate import track_evaluation
 
     result = evaluate_folders(
         pred_dir,
@@ -444,9 +446,9 @@ def prune(
     track: Annotated[bool, typer.Option(help="Log the table, plot and level to MLflow.")] = False,
 ) -> None:
     """Measure every UNet++ pruning level and write the smallest that keeps the Dice."""
-    from medseg.pipelines.prune import parse_levels
-    from medseg.pipelines.prune import prune as run_pruning
-    from medseg.pipelines.prune_report import pruning_table, track_pruning
+    from medseg.pipelines.pruning.prune import parse_levels
+    from medseg.pipelines.pruning.prune import prune as run_pruning
+    from medseg.pipelines.pruning.prune_report import pruning_table, track_pruning
 
     result = run_pruning(
         model,
@@ -498,9 +500,9 @@ def export(
         return
     if format_ not in ("torchscript", "onnx"):
         raise typer.BadParameter("use torchscript, onnx or package", param_hint="--format")
-    from medseg.pipelines.export import export_model
+    from medseg.pipelines.export.export import ExportFormat, export_model
 
-    result = export_model(model, format_, output, prune_level=prune_level)
+    result = export_model(model, cast(ExportFormat, format_), output, prune_level=prune_level)
     console = _console()
     console.print(f"wrote {result.file} and {result.preprocessing}", highlight=False)
     console.print(
@@ -536,7 +538,7 @@ def report_merge(
     output: Annotated[Path, typer.Argument(help="The --output folder the parts wrote into.")],
 ) -> None:
     """Merge the parts' reports into predict_report.json; exit 1 if cases are missing or failed."""
-    from medseg.pipelines.report_merge import merge_reports
+    from medseg.pipelines.prediction.report_merge import merge_reports
 
     merged = merge_reports(output)
     console = _console()
@@ -559,13 +561,16 @@ def report_merge(
 def _print_evaluation(result: Any) -> None:
     from rich.table import Table
 
+    from medseg.pipelines.evaluation.metrics import METRICS
+
+    shown = [metric for metric in METRICS if metric.heading]
     table = Table(title="evaluation (mean over cases)")
-    for column in ("label", "cases", "Dice", "IoU", "HD95 mm", "ASSD mm", "surface Dice"):
+    for column in ("label", "cases", *(metric.heading for metric in shown)):
         table.add_column(column, justify="left" if column == "label" else "right")
     for name, stats in result.summary["labels"].items():
         if not isinstance(stats, dict) or "dice" not in stats:
             continue
-        cells = [stats[m]["mean"] for m in ("dice", "iou", "hd95", "assd", "nsd")]
+        cells = [stats[metric.name]["mean"] for metric in shown]
         table.add_row(name, str(stats["dice"]["count"]), *(_number(c) for c in cells))
     console = _console()
     console.print(table)

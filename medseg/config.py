@@ -23,17 +23,23 @@ from pydantic import (
     model_validator,
 )
 
+from medseg.datasets import LAYOUT_NAMES
 from medseg.errors import ConfigError
 from medseg.files import read_regular_text
 from medseg.yaml_input import describe_validation_error, load_yaml
 
-Layout = Literal["brats", "lits", "msd", "em", "isic", "folder"]
 # The intensity rules of ``medseg.transforms.presets.NORMALIZATIONS``, named here so that
 # reading a config imports no MONAI (a test keeps the two lists equal).
 NormalizationChoice = Literal[
     "auto", "ct_window", "zscore_image", "zscore_body", "zscore_nonzero", "percentile"
 ]
 Modality = Literal["mri", "ct", "em", "rgb"]
+
+
+def _choices(names: list[str]) -> str:
+    """``'a', 'b' or 'c'``: the choices as pydantic words a wrong literal's message."""
+    quoted = [f"'{name}'" for name in names]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
 
 
 class _Section(BaseModel):
@@ -48,7 +54,7 @@ class DataConfig(_Section):
     ``holdout`` (a fraction) replaces the k-fold split with one hold-out split.
     """
 
-    layout: Layout
+    layout: str
     root: Path
     datalist: Path | None = None
     labels: dict[str, int] | None = None
@@ -56,6 +62,13 @@ class DataConfig(_Section):
     folds: int = Field(5, ge=2)
     holdout: float | None = Field(None, gt=0, lt=1)
     split_seed: int = 0
+
+    @field_validator("layout")
+    @classmethod
+    def _known_layout(cls, layout: str) -> str:
+        if layout not in LAYOUT_NAMES:
+            raise ValueError(f"Input should be {_choices(list(LAYOUT_NAMES))}")
+        return layout
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> DataConfig:
@@ -76,9 +89,19 @@ class NetworkConfig(_Section):
     """
 
     name: str
-    preset: Literal["paper", "small", "tiny"] = "small"
+    preset: str = "small"
     options: dict[str, Any] = Field(default_factory=dict)
     pooling: Literal["auto", "fixed"] = "auto"
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
+        # The registry owns the preset names; it is imported only when a config is read.
+        from medseg.networks import all_presets
+
+        if preset not in all_presets():
+            raise ValueError(f"Input should be {_choices(all_presets())}")
+        return preset
 
 
 class AugmentConfig(_Section):
@@ -182,7 +205,7 @@ class TrainConfig(_Section):
     improvement; ``stages`` replaces ``epochs`` with a staged schedule; ``register_as`` names
     the model in the MLflow registry; ``prune`` runs UNet++ level selection at the end;
     ``init_from`` starts from a medseg model (directory, run, package, URI) or a local file
-    of pretrained weights in a layout ``medseg.pipelines.weight_layouts`` reads.
+    of pretrained weights in a layout ``medseg.pipelines.training.weight_layouts`` reads.
     """
 
     epochs: int = Field(100, ge=1)
@@ -236,7 +259,7 @@ class InferConfig(_Section):
 
 
 class PostprocessConfig(_Section):
-    """Label-map rules applied by ``medseg predict`` (see ``pipelines/postprocess.py``)."""
+    """Label-map rules applied by ``medseg predict`` (``pipelines/prediction/postprocess.py``)."""
 
     largest_component: list[str] = Field(default_factory=list)
     min_component_ml: dict[str, float] = Field(default_factory=dict)
@@ -363,7 +386,7 @@ def parse_config(raw: Any, source: str, overrides: list[str] | None = None) -> C
     try:
         config = Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(f"{source}: {describe_validation_error(error)}") from None
+        raise ConfigError(f"{source}: {describe_validation_error(error)}") from error
     key = non_finite_key(config.model_dump())
     if key:
         raise ConfigError(f"{source}: {key}: must be a finite number")
@@ -382,7 +405,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read config ({error})") from None
+        raise ConfigError(f"{path}: cannot read config ({error})") from error
     return parse_config(load_yaml(text, str(path)), str(path), overrides)
 
 

@@ -82,7 +82,7 @@ def load_yaml(text: str, source: str) -> Any:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(error, "problem", None) or type(error).__name__
-        raise ConfigError(f"{source}: not valid YAML{where} ({problem})") from None
+        raise ConfigError(f"{source}: not valid YAML{where} ({problem})") from error
     except RecursionError:
         raise ConfigError(f"{source}: nested too deeply") from None
     finally:

@@ -34,7 +34,7 @@ Differences from the paper and its released code, and why:
 - A single-channel image is not repeated to three channels; ``in_channels`` is used as
   given. The encoder starts from random weights unless ``train.init_from`` names a local
   file of ImageNet Swin-T weights (the paper's start; nothing is downloaded;
-  ``pipelines/weight_layouts.py`` maps its names).
+  ``pipelines/training/weight_layouts.py`` maps its names).
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ from monai.networks.blocks import CrossAttentionBlock, PatchEmbed
 from monai.networks.layers import trunc_normal_
 from monai.networks.nets.swin_unetr import BasicLayer, PatchMerging
 
-from medseg.errors import ConfigError
-from medseg.networks._registry import preset_options, register_network
+from medseg.networks._registry import Abilities, preset_options, register_network
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's Swin-T settings, cross-contextual attention of depth 2 with 8 heads of
@@ -259,6 +258,10 @@ class AttSwinUNet(nn.Module):
         self.head = nn.Conv2d(embed_dim, out_channels, kernel_size=1)
         self.apply(_init_weights)
 
+    def input_divisor(self) -> tuple[int, ...]:
+        """Per axis, what input sizes divide by to need no padding (``divisor``)."""
+        return (self.divisor, self.divisor)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C_out, H, W)`` for ``x`` of shape ``(B, C_in, H, W)``."""
         if x.ndim != 4:
@@ -293,7 +296,9 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@register_network("att_swinunet")
+@register_network(
+    "att_swinunet", network=AttSwinUNet, presets=PRESETS, abilities=Abilities(spatial_dims=(2,))
+)
 def att_swinunet(
     *,
     spatial_dims: int,
@@ -303,10 +308,5 @@ def att_swinunet(
     **options: Any,
 ) -> AttSwinUNet:
     """Att-SwinU-Net (Aghdam et al., ISBI 2023) built from ``PRESETS[preset]``, options override."""
-    if spatial_dims != 2:
-        raise ConfigError(
-            f"att_swinunet is 2D only (spatial_dims=2), got spatial_dims={spatial_dims}; "
-            "for 3D use swin_unetr"
-        )
     arguments = preset_options(PRESETS, "att_swinunet", preset) | options
     return AttSwinUNet(in_channels, out_channels, **arguments)

@@ -42,7 +42,7 @@ Differences from the paper and the released Keras code, and why:
   stages begin from the 2D stage's segmentation instead of from a random head.
 - The 2D encoder starts from random weights unless ``train.init_from`` names a local
   file of torchvision's ImageNet DenseNet-161 (the paper's start; nothing is downloaded;
-  ``pipelines/weight_layouts.py`` maps its names).
+  ``pipelines/training/weight_layouts.py`` maps its names).
 """
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ from monai.networks.layers.factories import Conv, Pool
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.networks.nets.densenet import _DenseBlock, _Transition
 
-from medseg.errors import ConfigError
-from medseg.networks._registry import preset_options, register_network
+from medseg.networks._registry import Abilities, preset_options, register_network
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's 2D DenseUNet-167 and 3D DenseUNet-65; its input is 224 x 224 x 12.
@@ -307,6 +306,10 @@ class HDenseUNet(nn.Module):
             nn.init.zeros_(self.fusion[-1].bias)
         self.divisor = max(self.dense_2d.divisor, self.dense_3d.divisor)
 
+    def input_divisor(self) -> tuple[int, ...]:
+        """X and Y divide by ``divisor``; Z is ``slices`` (see ``Abilities.fixed_depth``)."""
+        return (self.divisor, self.divisor, 1)
+
     @property
     def mode(self) -> str:
         """``"hybrid"`` or ``"2d"``; settable between training stages."""
@@ -386,7 +389,12 @@ def _restack(slices: torch.Tensor, batch: int) -> torch.Tensor:
     return slices.reshape(batch, -1, features, size_x, size_y).permute(0, 2, 3, 4, 1)
 
 
-@register_network("hdenseunet")
+@register_network(
+    "hdenseunet",
+    network=HDenseUNet,
+    presets=PRESETS,
+    abilities=Abilities(spatial_dims=(3,), modes=_MODES, fixed_depth="slices"),
+)
 def hdenseunet(
     *,
     spatial_dims: int,
@@ -396,10 +404,5 @@ def hdenseunet(
     **options: Any,
 ) -> HDenseUNet:
     """H-DenseUNet (Li et al., TMI 2018) built from ``PRESETS[preset]``, options override."""
-    if spatial_dims != 3:
-        raise ConfigError(
-            f"hdenseunet takes 3D volumes (spatial_dims=3), got spatial_dims={spatial_dims}; "
-            "its 2D DenseUNet runs inside on adjacent slices (mode='2d' trains it alone)"
-        )
     arguments = preset_options(PRESETS, "hdenseunet", preset) | options
     return HDenseUNet(in_channels, out_channels, **arguments)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
 
-from medseg.networks._registry import preset_options, register_network
+from medseg.networks._registry import Abilities, preset_options, register_network
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's BraTS 2021 network: feature size 48, depths 2-2-2-2, heads 3-6-12-24,
@@ -64,6 +64,11 @@ class SwinUNETR(MonaiSwinUNETR):
     otherwise.
     """
 
+    def input_divisor(self) -> tuple[int, ...]:
+        """Per spatial axis, what every input size must divide by (``patch_size ** 5``)."""
+        spatial_dims = len(self.swinViT.patch_embed.patch_size)  # MONAI keeps no spatial_dims
+        return (self.patch_size**5,) * spatial_dims
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C_out, *spatial)`` for ``x`` of shape ``(B, C_in, *spatial)``."""
         divisor = self.patch_size**5
@@ -87,7 +92,9 @@ class SwinUNETR(MonaiSwinUNETR):
             ) from error
 
 
-@register_network("swin_unetr")
+@register_network(
+    "swin_unetr", network=SwinUNETR, presets=PRESETS, abilities=Abilities(spatial_dims=(2, 3))
+)
 def swin_unetr(
     *,
     spatial_dims: int,

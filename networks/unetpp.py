@@ -29,7 +29,7 @@ from monai.networks.blocks import UpSample
 from monai.networks.layers.factories import Conv, Pool
 from monai.networks.nets.basic_unet import TwoConv
 
-from medseg.networks._registry import preset_options, register_network
+from medseg.networks._registry import Abilities, preset_options, register_network
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's 2D configuration (Section IV-B): 32-64-128-256-512 filters.
@@ -165,6 +165,10 @@ class UNetPlusPlus(nn.Module):
         factors = np.prod(self.strides[: level or self.levels], axis=0)
         return tuple(int(factor) for factor in factors)
 
+    def input_divisor(self) -> tuple[int, ...]:
+        """Per spatial axis, what every input size must divide by (all levels built)."""
+        return self.divisor()
+
     def level_parameter_names(self, level: int) -> list[str]:
         """Names (``state_dict`` keys) of the parameters and buffers head ``level`` uses."""
         if not 1 <= level <= self.levels:
@@ -186,7 +190,14 @@ class UNetPlusPlus(nn.Module):
         return sum(p.numel() for key, p in self.named_parameters() if key in names)
 
 
-@register_network("unetpp")
+@register_network(
+    "unetpp",
+    network=UNetPlusPlus,
+    presets=PRESETS,
+    abilities=Abilities(
+        spatial_dims=(2, 3), prunable=True, deep_supervision=True, planned_pooling=True
+    ),
+)
 def unetpp(
     *,
     spatial_dims: int,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -160,17 +160,17 @@ def _stage_files(
 def _nifti_label_image(source: Any, labels: np.ndarray) -> Any:
     """The label map as ``medseg predict`` writes it beside ``source`` and nibabel reads it
     back (its ``affine`` from the header), without touching the disk."""
-    from medseg.pipelines.writers import nifti_label_image
+    from medseg.datasets.image_io import nifti_label_image
 
     image = nifti_label_image(source, labels)
     return type(image).from_bytes(image.to_bytes())
 
 
 def _kind(image: Any) -> str:
-    import nibabel as nib
     import SimpleITK as sitk
+    from nibabel.spatialimages import SpatialImage
 
-    if isinstance(image, nib.spatialimages.SpatialImage):
+    if isinstance(image, SpatialImage):
         return "nibabel"
     if isinstance(image, sitk.Image):
         return "simpleitk"
@@ -263,8 +263,8 @@ def load_model(
     Raises ``ConfigError`` for an unusable model or option.
     """
     from medseg.pipelines.inference import resolve_device, resolve_precision
-    from medseg.pipelines.predict import open_models
-    from medseg.pipelines.segmenter import Segmenter
+    from medseg.pipelines.prediction.predict import open_models
+    from medseg.pipelines.prediction.segmenter import Segmenter
 
     target = resolve_device(device)
     segmenter = Segmenter(
@@ -286,7 +286,8 @@ def train(config_or_path: Any, overrides: list[str] | None = None, *, resume: bo
     ``overrides`` are ``--set`` strings (``["train.epochs=3"]``). Raises ``ConfigError``.
     """
     from medseg.config import Config, load_config, parse_config
-    from medseg.pipelines.train import train as run_training
+    from medseg.pipelines.pruning.prune import after_training as pruning
+    from medseg.pipelines.training.train import train as run_training
 
     if isinstance(config_or_path, Config):
         settings = parse_config(config_or_path.model_dump(mode="json"), "config", overrides)
@@ -294,7 +295,8 @@ def train(config_or_path: Any, overrides: list[str] | None = None, *, resume: bo
         settings = parse_config(dict(config_or_path), "config", overrides)
     else:
         settings = load_config(config_or_path, overrides)
-    return run_training(settings, resume=resume, show_progress=False)
+    after = [pruning] if settings.train.prune else []
+    return run_training(settings, resume=resume, show_progress=False, after=after)
 
 
 def evaluate_folders(
@@ -312,11 +314,12 @@ def evaluate_folders(
     label folder ``ref`` and write the report to ``output`` (default ``pred/evaluation``).
     Returns the ``EvaluationResult``."""
     from medseg.files import require_outside
-    from medseg.pipelines.evaluate import evaluate
-    from medseg.pipelines.metrics import EmptyRule
-    from medseg.pipelines.references import find_references
+    from medseg.pipelines.evaluation.evaluate import evaluate
+    from medseg.pipelines.evaluation.metrics import EmptyRule
+    from medseg.pipelines.evaluation.references import find_references
 
-    rule = EmptyRule(one_empty_distance=one_empty)
+    # EmptyRule refuses any other value with a ConfigError.
+    rule = EmptyRule(one_empty_distance=cast(Literal["diagonal", "nan"], one_empty))
     if output is not None:
         require_outside(output, [ref], "--output")
     references = find_references(Path(ref), layout=layout, labels=labels)

@@ -30,9 +30,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         reason = str(error).splitlines()[0]
-        raise ConfigError(f"{path}: refused, not a plain-data checkpoint ({reason})") from None
+        raise ConfigError(f"{path}: refused, not a plain-data checkpoint ({reason})") from error
     except (RuntimeError, EOFError, OSError) as error:
-        raise ConfigError(f"{path}: unreadable checkpoint ({error})") from None
+        raise ConfigError(f"{path}: unreadable checkpoint ({error})") from error
     if not isinstance(state, dict) or "network" not in state:
         raise ConfigError(f"{path}: not a medseg checkpoint (no network weights)")
     return state

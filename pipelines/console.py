@@ -102,7 +102,7 @@ class _StderrHandler(logging.StreamHandler):
     (a test's capture, or a redirected stream), not the one it was created with."""
 
     @property
-    def stream(self) -> Any:  # type: ignore[override]
+    def stream(self) -> Any:
         return sys.stderr
 
     @stream.setter

@@ -72,10 +72,10 @@ def _config_and_counts(model: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
         if counts is not None:
             return read_model_config(folder), counts
     config, network = open_model(model)
-    return config, parameter_counts(network)
+    return config, parameter_counts(network, config.network.name)
 
 
-def _recorded(provenance: dict[str, Any], key: str) -> Any:
+def _recorded(provenance: Any, key: str) -> Any:
     # A pruned model keeps the model it was pruned from under "parent".
     while isinstance(provenance, dict):
         if provenance.get(key) is not None:

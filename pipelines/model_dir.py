@@ -21,7 +21,6 @@ from medseg.config import non_finite_key
 from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
 from medseg.files import apply_default_mode, read_regular_text, require_regular_file
-from medseg.pipelines.postprocess import Postprocessing
 from medseg.transforms.spec import Preprocessing
 from medseg.yaml_input import describe_validation_error, load_yaml
 
@@ -29,6 +28,33 @@ CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "weights.safetensors"
 # Key of the weights file's metadata holding ``parameter_counts`` (read without torch).
 PARAMETERS_KEY = "medseg_parameters"
+
+
+class Postprocessing(BaseModel):
+    """Rules applied in this order, each naming structures of the label scheme.
+
+    ``largest_component``: keep only the largest connected component; ``min_component_ml``:
+    remove components smaller than the given volume; ``fill_holes``: fill enclosed holes;
+    ``inside``: a structure that lives inside another (LiTS: ``{tumour: liver}``) is removed
+    where it does not touch its container, and counts as part of the container for the
+    other rules (the liver's largest component and holes include its tumours).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    largest_component: list[str] = Field(default_factory=list)
+    min_component_ml: dict[str, float] = Field(default_factory=dict)
+    fill_holes: list[str] = Field(default_factory=list)
+    inside: dict[str, str] = Field(default_factory=dict)
+
+    def check(self, scheme: LabelScheme) -> None:
+        """Raise ``ConfigError`` when a rule names a structure the scheme does not have."""
+        named = [*self.largest_component, *self.min_component_ml, *self.fill_holes]
+        named += [*self.inside, *self.inside.values()]
+        unknown = sorted(set(named) - set(scheme.foreground))
+        if unknown:
+            known = ", ".join(scheme.foreground)
+            raise ConfigError(f"postprocess names {', '.join(unknown)}; structures: {known}")
 
 
 class _Strict(BaseModel):
@@ -102,13 +128,16 @@ def build_from_spec(spec: NetworkSpec) -> Any:
     )
 
 
-def parameter_counts(network: Any) -> dict[str, Any]:
-    """``{"parameters": trainable parameter count}`` of ``network``, and for a network with
-    pruning levels (UNet++) ``"parameters_by_level": {level: count}``."""
+def parameter_counts(network: Any, name: str) -> dict[str, Any]:
+    """``{"parameters": trainable parameter count}`` of ``network`` (registered as ``name``),
+    and for a prunable network (UNet++) ``"parameters_by_level": {level: count}``."""
+    from medseg.networks import abilities, as_prunable
+
     counts: dict[str, Any] = {"parameters": sum(p.numel() for p in network.parameters())}
-    if hasattr(network, "level_parameter_count"):
+    if abilities(name).prunable:
+        prunable = as_prunable(network)
         counts["parameters_by_level"] = {
-            level: network.level_parameter_count(level) for level in range(1, network.levels + 1)
+            level: prunable.level_parameter_count(level) for level in range(1, prunable.levels + 1)
         }
     return counts
 
@@ -147,7 +176,7 @@ def save_model_dir(directory: Path, config: ModelConfig, network: Any) -> Path:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
         metadata = {
             "medseg_version": __version__,
-            PARAMETERS_KEY: json.dumps(parameter_counts(network)),
+            PARAMETERS_KEY: json.dumps(parameter_counts(network, config.network.name)),
         }
         save_file(state, staging / WEIGHTS_FILE, metadata=metadata)
         text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
@@ -180,7 +209,7 @@ def read_model_config(directory: Path) -> ModelConfig:
             f"{path}: missing; a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
         ) from None
     except (UnicodeDecodeError, OSError) as error:
-        raise ConfigError(f"{path}: unreadable ({error})") from None
+        raise ConfigError(f"{path}: unreadable ({error})") from error
     return parse_model_config(text, str(path))
 
 
@@ -191,7 +220,7 @@ def parse_model_config(text: str, source: str) -> ModelConfig:
         config = ModelConfig.model_validate(load_yaml(text, source))
     except ValidationError as error:
         reason = describe_validation_error(error)
-        raise ConfigError(f"{source}: not a medseg model config ({reason})") from None
+        raise ConfigError(f"{source}: not a medseg model config ({reason})") from error
     if "table" in config.labels:
         from medseg.pipelines.label_table import parse_label_table
 
@@ -255,7 +284,7 @@ def load_model_dir(directory: Path) -> tuple[ModelConfig, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{weights}: missing") from None
     except (SafetensorError, OSError) as error:
-        raise ConfigError(f"{weights}: not a safetensors file ({error})") from None
+        raise ConfigError(f"{weights}: not a safetensors file ({error})") from error
     load_weights(network, state, weights)
     return config, network.eval()
 
@@ -270,7 +299,9 @@ def _download(uri: str) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as error:  # MLflow raises many types for a bad URI or an offline server
-        raise ConfigError(f"{uri}: cannot fetch the model ({str(error).splitlines()[0]})") from None
+        raise ConfigError(
+            f"{uri}: cannot fetch the model ({str(error).splitlines()[0]})"
+        ) from error
 
 
 def is_run_dir(path: Path) -> bool:

@@ -44,10 +44,11 @@ def ras_volume(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nd
     4x4 voxel-to-RAS ``affine``; returns ``(view, orientation, spacing)``: nibabel's
     orientation array (input axis -> output axis, flip) and the voxel size per RAS axis."""
     import nibabel as nib
+    from nibabel.affines import voxel_sizes
 
     orientation = nib.io_orientation(affine)
     spacing = np.zeros(3)
-    sizes = nib.affines.voxel_sizes(affine)
+    sizes = voxel_sizes(affine)
     for axis, (target, _) in enumerate(orientation):
         spacing[int(target)] = sizes[axis]
     return nib.apply_orientation(array, orientation), orientation, spacing
@@ -95,7 +96,9 @@ def grid_panels(
         return [Panel("image", np.swapaxes(array, 0, 1), 1.0)]
     view, orientation, spacing = ras_volume(array, affine)
     stored = [size // 2 for size in shape] if centre is None else centre
-    return radiological_panels(view, spacing, ras_index(stored, shape, orientation))
+    return radiological_panels(
+        view, [float(size) for size in spacing], ras_index(stored, shape, orientation)
+    )
 
 
 def display_window(image: np.ndarray, window: tuple[float, float] | None) -> tuple[float, float]:

@@ -81,6 +81,6 @@ def dataset_fingerprint(datalist: list[dict[str, Any]]) -> str:
 def _files(case: dict[str, Any]) -> Iterable[tuple[str, str]]:
     image = case.get("image") or []
     for path in [image] if isinstance(image, str | os.PathLike) else image:
-        yield "image", path
+        yield "image", str(path)
     if case.get("label") is not None:
-        yield "label", case["label"]
+        yield "label", str(case["label"])

@@ -79,7 +79,7 @@ def _header_geometry(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]] | 
     cheap header read (TIFF, bitmaps: 2D or small) or a header that cannot be read."""
     import nibabel as nib
 
-    from medseg.datasets.headers import ITK_SUFFIXES, NIFTI_SUFFIXES, suffix_of
+    from medseg.datasets.image_io import ITK_SUFFIXES, NIFTI_SUFFIXES, suffix_of
 
     try:
         suffix = suffix_of(path)
@@ -123,7 +123,7 @@ def cache_bytes(cases: Sequence[Case], spacing: Sequence[float] | None) -> int:
 def _channels(path: Path) -> int:
     import nibabel as nib
 
-    from medseg.datasets.headers import NIFTI_SUFFIXES, suffix_of
+    from medseg.datasets.image_io import NIFTI_SUFFIXES, suffix_of
 
     if suffix_of(path) in NIFTI_SUFFIXES:
         with contextlib.suppress(Exception):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.pipelines.metrics import bounding_box, structure_mask
+from medseg.pipelines.evaluation.metrics import bounding_box, structure_mask
 from medseg.pipelines.structures import Structure
 
 AXES = ("x", "y", "z")
@@ -102,6 +102,8 @@ def _structure_row(
     from skimage.measure import label
 
     voxels = int(np.count_nonzero(mask))
+    # A structure with voxels has a bounding box (``box`` is None only for an empty one).
+    box = box or tuple(slice(0, size) for size in mask.shape)
     components, largest, centre = 0, 0, None
     mean = std = None
     if voxels:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -34,8 +34,7 @@ def validate(
     whole-volume logits and the target) each row also holds ``"loss"``; ``on_case(id)`` is
     called after each case.
     """
-    names = list(scheme.foreground)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for batch in batches:
         logits = sliding_window_predict(
             network,
@@ -46,22 +45,39 @@ def validate(
             mode=inference.mode,
             device=device,
         )
-        predicted = binary_prediction(logits, scheme)
-        reference = binary_target(target_of(batch), scheme)
-        dice = compute_dice(predicted, reference, include_background=True, ignore_empty=False)
         # The loss of the whole volume at once: one number per batch of one case.
         extra = {} if loss is None else {"loss": float(loss(logits, target_of(batch)))}
-        for index, case_id in enumerate(batch["id"]):
-            scores = {n: float(dice[index, k]) for k, n in enumerate(names)}
-            rows.append({"case": case_id} | scores | extra)
+        for row in dice_rows(logits, batch["label"], batch["id"], scheme):
+            rows.append(row | extra)
             if on_case is not None:
-                on_case(case_id)
+                on_case(row["case"])
     return rows
 
 
 def target_of(batch: dict[str, Any]) -> torch.Tensor:
     """The batch's ``label`` (a target from ``labels_to_target``) as a plain tensor."""
     return torch.as_tensor(batch["label"]).as_subclass(torch.Tensor)
+
+
+def dice_rows(
+    logits: torch.Tensor, labels: Any, case_ids: Sequence[str], scheme: LabelScheme
+) -> list[dict[str, Any]]:
+    """Dice per case and structure of a batch: the rows validation and pruning report.
+
+    ``logits`` are ``(B, C_out, *spatial)`` network outputs, ``labels`` the label maps
+    ``(B, 1, *spatial)`` of disk values on the same grid, ``case_ids`` one id per batch
+    item. Returns ``[{"case": id, <structure name>: dice, ...}]``, structures in
+    ``scheme.foreground`` order; an empty reference scores 1 when the prediction is empty
+    too and 0 otherwise (never NaN).
+    """
+    predicted = binary_prediction(logits, scheme)
+    reference = binary_target(torch.as_tensor(labels).as_subclass(torch.Tensor), scheme)
+    dice = compute_dice(predicted, reference, include_background=True, ignore_empty=False)
+    names = list(scheme.foreground)
+    return [
+        {"case": case_id} | {name: float(dice[index, k]) for k, name in enumerate(names)}
+        for index, case_id in enumerate(case_ids)
+    ]
 
 
 def summarise(rows: list[dict[str, Any]], names: list[str]) -> dict[str, float]:

@@ -108,7 +108,7 @@ def test_a_multi_channel_model_takes_a_list_or_a_channel_first_array(
     brats_model_dir, tmp_path
 ) -> None:
     from medseg.datasets.synthetic import synthesize
-    from medseg.pipelines.predict import predict
+    from medseg.pipelines.prediction.predict import predict
 
     (case,) = synthesize("brats", tmp_path / "brats", cases=1, shape=(32, 32, 24), seed=2)
     predict(brats_model_dir, [str(case)], tmp_path / "out", device="cpu", show_progress=False)

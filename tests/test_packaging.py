@@ -41,6 +41,9 @@ def test_wheel_holds_subpackages_and_no_top_level_folders(tmp_path):
     for package in ("networks", "datasets", "transforms", "pipelines"):
         assert f"medseg/{package}/__init__.py" in names
     assert "medseg/networks/unetpp.py" in names
+    for job in ("training", "prediction", "evaluation", "pruning", "export"):
+        assert f"medseg/pipelines/{job}/__init__.py" in names
+    assert "medseg/pipelines/prediction/segmenter.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "medseg = medseg.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

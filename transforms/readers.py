@@ -23,15 +23,13 @@ from monai.data import ImageReader, NibabelReader, PILReader
 from monai.utils import MetaKeys, SpaceKeys
 
 from medseg.datasets.headers import (
-    ITK_SUFFIXES,
-    TIFF_SUFFIXES,
     diagonal_affine,
     itk_affine,
     read_dicom_series,
-    suffix_of,
     tiff_axes,
     tiff_spacing,
 )
+from medseg.datasets.image_io import ITK_SUFFIXES, TIFF_SUFFIXES, suffix_of
 
 
 def _names(data: Sequence[Any] | Any) -> list[str]:

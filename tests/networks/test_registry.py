@@ -7,7 +7,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medseg.errors import ConfigError
-from medseg.networks import available, build_network, output_layers, register_network
+from medseg.networks import (
+    Abilities,
+    abilities,
+    available,
+    build_network,
+    input_divisor,
+    output_layers,
+    register_network,
+)
 
 # (network, spatial_dims) -> (a tiny valid spatial size, an awkward one). A registered network
 # missing here fails test_cases_cover_the_registry, so a new network cannot skip the contract.
@@ -22,13 +30,14 @@ CASES = {
 IN_CHANNELS, OUT_CHANNELS, BATCH = 2, 3, 2
 
 
-def build_tiny(name: str, spatial_dims: int) -> torch.nn.Module:
+def build_tiny(name: str, spatial_dims: int, **options) -> torch.nn.Module:
     return build_network(
         name,
         spatial_dims=spatial_dims,
         in_channels=IN_CHANNELS,
         out_channels=OUT_CHANNELS,
         preset="tiny",
+        **options,
     )
 
 
@@ -111,7 +120,9 @@ def test_unknown_option_is_a_config_error() -> None:
 def test_duplicate_registration_raises_and_keeps_the_first() -> None:
     names = available()
     with pytest.raises(ValueError, match="already registered"):
-        register_network("unetpp")(lambda **options: torch.nn.Identity())
+        register_network(
+            "unetpp", network=torch.nn.Identity, presets={}, abilities=Abilities(spatial_dims=(2,))
+        )(lambda **options: torch.nn.Identity())
     assert available() == names
     network = build_network("unetpp", spatial_dims=2, in_channels=1, out_channels=1)
     assert type(network).__name__ == "UNetPlusPlus"
@@ -136,3 +147,79 @@ def test_output_layers_are_exactly_the_heads(name: str, spatial_dims: int) -> No
             head.bias.add_(10.0)
         shifted = first_head(network(torch.randn(1, IN_CHANNELS, *CASES[(name, spatial_dims)][0])))
     assert shifted.mean() > logits.mean() + 5.0
+
+
+def test_declared_dimensions_are_the_ones_the_contract_runs() -> None:
+    for name in available():
+        assert set(abilities(name).spatial_dims) == {dims for n, dims in CASES if n == name}
+
+
+@pytest.mark.parametrize(("name", "spatial_dims"), sorted(CASES))
+def test_declared_divisor_and_fixed_depth_describe_the_valid_sizes(name, spatial_dims) -> None:
+    network = build_tiny(name, spatial_dims)
+    divisor = input_divisor(network)
+    shape = CASES[(name, spatial_dims)][0]
+    assert len(divisor) == spatial_dims
+    assert all(size % factor == 0 for size, factor in zip(shape, divisor, strict=True))
+    depth_option = abilities(name).fixed_depth
+    if depth_option is not None:
+        depth = getattr(network, depth_option)
+        assert shape[-1] == depth
+        wrong = (*shape[:-1], depth + 1)
+        with pytest.raises(ValueError, match=str(depth)):
+            network.eval()(torch.randn(1, IN_CHANNELS, *wrong))
+
+
+@pytest.mark.parametrize(("name", "spatial_dims"), sorted(CASES))
+def test_declared_deep_supervision_is_what_training_mode_returns(name, spatial_dims) -> None:
+    network = build_tiny(name, spatial_dims).train()
+    with torch.no_grad():
+        output = network(torch.randn(1, IN_CHANNELS, *CASES[(name, spatial_dims)][0]))
+    assert isinstance(output, list) == abilities(name).deep_supervision
+
+
+@pytest.mark.parametrize(("name", "spatial_dims"), sorted(CASES))
+def test_declared_pruning_builds_and_runs_every_level(name, spatial_dims) -> None:
+    shape = CASES[(name, spatial_dims)][0]
+    image = torch.randn(1, IN_CHANNELS, *shape)
+    if not abilities(name).prunable:
+        with pytest.raises(ConfigError, match="prune_level"):
+            build_tiny(name, spatial_dims, prune_level=1)
+        return
+    full = build_tiny(name, spatial_dims).eval()
+    assert full.levels == full.depth
+    with torch.no_grad():
+        for level in range(1, full.levels + 1):
+            pruned = build_tiny(name, spatial_dims, prune_level=level).eval()
+            assert pruned.levels == level
+            assert pruned(image).shape == full(image, prune_level=level).shape
+            assert full.level_parameter_count(level) == sum(p.numel() for p in pruned.parameters())
+
+
+@pytest.mark.parametrize(("name", "spatial_dims"), sorted(CASES))
+def test_declared_modes_are_the_ones_a_stage_may_set(name, spatial_dims) -> None:
+    network = build_tiny(name, spatial_dims).eval()
+    modes = abilities(name).modes
+    if not modes:
+        assert "mode" not in dir(network)
+        return
+    image = torch.randn(1, IN_CHANNELS, *CASES[(name, spatial_dims)][0])
+    outputs = {}
+    for mode in modes:
+        network.mode = mode
+        with torch.no_grad():
+            outputs[mode] = first_head(network(image))
+        assert outputs[mode].shape == (1, OUT_CHANNELS, *image.shape[2:])
+    assert len({output.sum().item() for output in outputs.values()}) == len(modes)
+    with pytest.raises(ValueError, match="mode"):
+        network.mode = "unknown"
+    network.freeze_2d(True)
+    frozen = [p for p in network.parameters() if not p.requires_grad]
+    assert frozen and len(frozen) < len(list(network.parameters()))
+
+
+def test_declared_planned_pooling_accepts_strides() -> None:
+    for name in available():
+        if abilities(name).planned_pooling:
+            network = build_tiny(name, 3, features=[4, 8, 16], strides=[[2, 2, 1], [2, 2, 2]])
+            assert input_divisor(network) == (4, 4, 2)

@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from medseg.datasets import discover
-from medseg.pipelines import backends
-from medseg.pipelines.backends import (
+from medseg.pipelines.model_dir import open_model
+from medseg.pipelines.prediction import backends
+from medseg.pipelines.prediction.backends import (
     RuntimeNetwork,
     export_cache_dir,
     export_key,
     prepare_network,
 )
-from medseg.pipelines.model_dir import open_model
-from medseg.pipelines.predict import predict
+from medseg.pipelines.prediction.predict import predict
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -109,7 +109,7 @@ def test_auto_falls_back_to_torch_and_says_why(monkeypatch, caplog, brats_model_
     monkeypatch.setattr(backends, "AUTO_TORCH_PRESETS", frozenset())
     monkeypatch.setitem(sys.modules, "openvino", None)
     config, network = open_model(brats_model_dir)
-    with caplog.at_level(logging.INFO, logger="medseg.pipelines.backends"):
+    with caplog.at_level(logging.INFO, logger="medseg.pipelines.prediction.backends"):
         prepared = prepare_network(config, network, torch.device("cpu"), "auto")
     assert not isinstance(prepared, RuntimeNetwork)
     assert "openvino is not installed; running torch" in caplog.text

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medseg.pipelines.predict import predict
+from medseg.pipelines.prediction.predict import predict
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,8 @@ def test_statistics_and_previews_describe_every_predicted_case(tmp_path, ct_mode
 def test_photos_give_png_masks_in_the_dataset_values_and_pixel_metrics(tmp_path, untrained_model):
     from medseg.datasets.isic import LABELS
     from medseg.datasets.synthetic import synthesize
-    from medseg.pipelines.evaluate import evaluate
-    from medseg.pipelines.references import find_references
+    from medseg.pipelines.evaluation.evaluate import evaluate
+    from medseg.pipelines.evaluation.references import find_references
 
     root = tmp_path / "isic"
     images = synthesize("isic", root, cases=2, shape=(48, 40), seed=1)
@@ -92,8 +92,7 @@ def test_photos_give_png_masks_in_the_dataset_values_and_pixel_metrics(tmp_path,
         assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
     # The mask lies on the picture's grid: read back as predict reads the picture, it is
     # the label map that was written.
-    from medseg.pipelines.evaluate import read_volume
-    from medseg.pipelines.writers import write_label_like
+    from medseg.datasets.image_io import read_volume, write_label_like
 
     labels = np.zeros(read_volume(images[0]).array.shape[:2], dtype=np.uint8)
     labels[3:9, 20:38] = 255
@@ -119,7 +118,7 @@ def test_a_png_mask_scored_against_a_tiff_with_a_pixel_size_reports_areas(tmp_pa
     import tifffile
 
     from medseg.datasets.base import LabelScheme
-    from medseg.pipelines.evaluate import evaluate
+    from medseg.pipelines.evaluation.evaluate import evaluate
 
     reference = np.zeros((30, 40), dtype=np.uint8)  # rows x columns, as stored
     reference[5:15, 10:30] = 1

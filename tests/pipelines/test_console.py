@@ -97,7 +97,7 @@ def test_quiet_console_still_logs_info_to_the_file(restore_logging, tmp_path, ca
 
 
 def test_a_checkpoint_counted_from_zero_resumes_counted_from_one():
-    from medseg.pipelines.trainer import counted_from_one
+    from medseg.pipelines.training.trainer import counted_from_one
 
     old = {
         "epoch": 2,

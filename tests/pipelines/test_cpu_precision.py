@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from medseg.errors import ConfigError
-from medseg.pipelines.backends import prepare_network
 from medseg.pipelines.cpu import CpuFeatures, cpu_features
 from medseg.pipelines.inference import resolve_precision
 from medseg.pipelines.model_dir import open_model
+from medseg.pipelines.prediction.backends import prepare_network
 
 CPU = torch.device("cpu")
 

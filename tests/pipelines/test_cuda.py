@@ -15,7 +15,7 @@ import yaml
 
 from medseg.datasets import discover
 from medseg.pipelines.model_dir import open_model
-from medseg.pipelines.segmenter import Segmenter
+from medseg.pipelines.prediction.segmenter import Segmenter
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

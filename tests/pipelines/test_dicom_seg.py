@@ -12,8 +12,8 @@ highdicom = pytest.importorskip("highdicom")
 pydicom = pytest.importorskip("pydicom")
 
 from medseg.datasets.lits import LABELS  # noqa: E402
-from medseg.pipelines.dicom_seg import GeometryError, write_dicom_seg  # noqa: E402
 from medseg.pipelines.label_table import build_label_table  # noqa: E402
+from medseg.pipelines.prediction.dicom_seg import GeometryError, write_dicom_seg  # noqa: E402
 from medseg.transforms.readers import SimpleITKReader  # noqa: E402
 from tests.pipelines.dicom_series import AXIAL, OBLIQUE, marked_volume, write_ct_series  # noqa: E402
 

@@ -13,9 +13,10 @@ import pytest
 import SimpleITK
 
 from medseg.datasets.base import LabelScheme
+from medseg.datasets.image_io import read_volume
 from medseg.errors import ConfigError
-from medseg.pipelines.evaluate import CSV_COLUMNS, evaluate, read_volume, track_evaluation
-from medseg.pipelines.metrics import SUMMARY_METRICS, EmptyRule
+from medseg.pipelines.evaluation.evaluate import CSV_COLUMNS, evaluate, track_evaluation
+from medseg.pipelines.evaluation.metrics import SUMMARY_METRICS, EmptyRule
 
 SCHEME = LabelScheme.classes({"background": 0, "liver": 1, "tumour": 2})
 SPACING = (0.8, 0.9, 2.0)

@@ -23,8 +23,9 @@ import torch
 from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
 from medseg.networks import available
-from medseg.pipelines import export
-from medseg.pipelines.export import ExportError, ExportResult, export_model
+from medseg.pipelines.export import export
+from medseg.pipelines.export.export import ExportError, ExportResult, export_model
+from medseg.pipelines.export.preprocessing_json import INTENSITY_STEPS
 from medseg.pipelines.model_dir import (
     InferenceSpec,
     ModelConfig,
@@ -33,7 +34,6 @@ from medseg.pipelines.model_dir import (
     load_model_dir,
     save_model_dir,
 )
-from medseg.pipelines.preprocessing_json import INTENSITY_STEPS
 from medseg.transforms.presets import Preprocessing
 
 TOLERANCE = 1e-4
@@ -299,7 +299,7 @@ def apply_intensity_steps(image: np.ndarray, steps: list[dict]) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["unetpp", "hdenseunet"], ids=["mri", "ct"])
 def test_the_described_normalisation_is_what_medseg_feeds_the_network(name, tmp_path) -> None:
-    from medseg.pipelines.preprocessing_json import preprocessing_steps
+    from medseg.pipelines.export.preprocessing_json import preprocessing_steps
     from medseg.transforms.presets import inference_transforms
 
     config = model_config(name, 3)
@@ -320,7 +320,7 @@ def test_the_described_normalisation_is_what_medseg_feeds_the_network(name, tmp_
 def test_a_step_without_a_description_is_still_listed(monkeypatch) -> None:
     from monai import transforms as mt
 
-    from medseg.pipelines import preprocessing_json
+    from medseg.pipelines.export import preprocessing_json
     from medseg.transforms import presets
 
     extra = mt.Compose([mt.ScaleIntensityd("image")])

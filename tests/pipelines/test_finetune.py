@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from medseg.errors import ConfigError
 from medseg.networks import build_network
-from medseg.pipelines.finetune import initialise_from
 from medseg.pipelines.model_dir import InferenceSpec, ModelConfig, NetworkSpec
+from medseg.pipelines.training.finetune import initialise_from
 from medseg.transforms.presets import Preprocessing
 
 CLASSES = {"mode": "classes", "names": ["background", "lesion"], "values": [[0], [1]]}

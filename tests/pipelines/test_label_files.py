@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from medseg.datasets.brats import RELEASES
 from medseg.datasets.folder import scheme_from_labels
-from medseg.pipelines.label_files import nifti_description
 from medseg.pipelines.label_table import build_label_table
+from medseg.pipelines.prediction.label_files import nifti_description
 
 
 def test_brats_description_names_each_value() -> None:

@@ -29,20 +29,52 @@ RECIPES = {
 NEEDS_CUDA = {"lits_hdenseunet_small_gpu"}
 
 
+# layout -> tiny phantom shape: enough to discover the layout's channels and labels.
+TINY_SHAPES = {"brats": (16, 16, 16), "lits": (32, 32, 16), "em": (32, 32, 8), "isic": (32, 32)}
+
+
+@pytest.fixture(scope="module")
+def layout_indexes(tmp_path_factory):
+    """Layout -> the ``DatasetIndex`` of one tiny phantom case (its channels and labels)."""
+    from medseg.datasets import discover
+    from medseg.datasets.synthetic import synthesize
+
+    indexes = {}
+    for layout, shape in TINY_SHAPES.items():
+        root = tmp_path_factory.mktemp(layout)
+        synthesize(layout, root, cases=1, shape=shape, seed=0)
+        indexes[layout] = discover(layout, root)
+    return indexes
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.stem)
-def test_every_shipped_config_is_valid_and_builds_its_network(path):
+def test_every_shipped_config_is_valid_and_maps_its_patch_to_its_labels(path, layout_indexes):
     from medseg.config import load_config
-    from medseg.networks import build_network
+    from medseg.networks import abilities, build_network, input_divisor
 
     config = load_config(path)
-    build_network(
+    index = layout_indexes[config.data.layout]
+    in_channels = len(index.channels) * config.transforms.slices
+    out_channels = index.labels.out_channels
+    patch = list(config.transforms.patch_size)
+    network = build_network(
         config.network.name,
-        spatial_dims=len(config.transforms.patch_size),
-        in_channels=1,
-        out_channels=2,
+        spatial_dims=len(patch),
+        in_channels=in_channels,
+        out_channels=out_channels,
         preset=config.network.preset,
         **config.network.options,
-    )
+    ).eval()
+    divisor = input_divisor(network)
+    assert all(size % factor == 0 for size, factor in zip(patch, divisor, strict=True))
+    # The smallest input the network takes (a paper-size forward on the patch would take
+    # minutes), with the patch's depth where the network fixes it.
+    smallest = [2 * divisor[0], *divisor[1:]]
+    if abilities(config.network.name).fixed_depth is not None:
+        smallest[-1] = patch[-1]
+    with torch.no_grad():
+        logits = network(torch.zeros(1, in_channels, *smallest))
+    assert logits.shape == (1, out_channels, *smallest)
 
 
 @pytest.mark.slow

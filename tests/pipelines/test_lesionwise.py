@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.pipelines.lesionwise import MISSED_HD95, case_lesionwise, lesionwise_scores
-from medseg.pipelines.metrics import structure_metrics
+from medseg.pipelines.evaluation.lesionwise import MISSED_HD95, case_lesionwise, lesionwise_scores
+from medseg.pipelines.evaluation.metrics import structure_metrics
 
 
 def _cube(mask: np.ndarray, corner: tuple[int, int, int], size: int) -> None:

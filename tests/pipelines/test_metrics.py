@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
-from medseg.pipelines.metrics import (
+from medseg.pipelines.evaluation.metrics import (
     ROW_FIELDS,
     EmptyRule,
     case_metrics,

@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from medseg.errors import ConfigError
-from medseg.pipelines.parts import Part
-from medseg.pipelines.predict import predict
+from medseg.pipelines.prediction.parts import Part
+from medseg.pipelines.prediction.predict import predict
 
 CASES = [f"BraTS2021_{i:05d}" for i in range(7)]
 

@@ -14,8 +14,8 @@ from medseg.config import parse_config
 from medseg.datasets import discover
 from medseg.datasets.fingerprint import fingerprint_dataset
 from medseg.errors import ConfigError
-from medseg.pipelines import plan as rules
-from medseg.pipelines.planner import plan_run
+from medseg.pipelines.training import plan as rules
+from medseg.pipelines.training.planner import plan_run
 
 
 def write_folder_case(root, name, image, label, affine):

@@ -8,7 +8,8 @@ import pytest
 
 from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
-from medseg.pipelines.postprocess import Postprocessing, postprocess
+from medseg.pipelines.model_dir import Postprocessing
+from medseg.pipelines.prediction.postprocess import postprocess
 
 LITS = LabelScheme.classes({"background": 0, "liver": 1, "tumour": 2})
 

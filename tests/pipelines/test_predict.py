@@ -3,6 +3,7 @@ shardable."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -21,8 +22,8 @@ from monai.inferers import sliding_window_inference
 from medseg.datasets import discover
 from medseg.pipelines.inference import WindowCount, sliding_window_predict
 from medseg.pipelines.model_dir import open_model
-from medseg.pipelines.predict import predict, shard
-from medseg.pipelines.segmenter import Segmenter
+from medseg.pipelines.prediction.predict import predict, shard
+from medseg.pipelines.prediction.segmenter import Segmenter
 
 MEDSEG = str(Path(sys.executable).with_name("medseg"))
 
@@ -64,13 +65,23 @@ def test_prediction_equals_plain_monai_sliding_windows(brats_model_dir, brats_ph
 
 def test_tta_and_ensemble_average_probabilities(brats_model_dir, brats_phantoms):
     config, network = open_model(brats_model_dir)
+    other = copy.deepcopy(network)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
     case = discover("brats", brats_phantoms["test"]).cases[0]
     single = Segmenter([(config, network)], torch.device("cpu"))
     data = single.load(case)
     once = single.infer(data, keep_probabilities=True)
-    ensemble = Segmenter([(config, network), (config, network)], torch.device("cpu"))
-    twice = ensemble.infer(ensemble.load(case), keep_probabilities=True)
-    np.testing.assert_allclose(once.probabilities, twice.probabilities, atol=1e-3)
+    alone = Segmenter([(config, other)], torch.device("cpu"))
+    second = alone.infer(alone.load(case), keep_probabilities=True)
+    # Two models that disagree, so an ensemble dropping either one would fail the oracle.
+    assert np.abs(once.probabilities - second.probabilities).max() > 0.1
+    ensemble = Segmenter([(config, network), (config, other)], torch.device("cpu"))
+    both = ensemble.infer(ensemble.load(case), keep_probabilities=True)
+    oracle = (once.probabilities.astype(np.float32) + second.probabilities) / 2
+    np.testing.assert_allclose(both.probabilities, oracle, atol=2e-3)
     mirroring = Segmenter([(config, network)], torch.device("cpu"), tta=True)
     mirrored = mirroring.infer(mirroring.load(case))
     assert mirrored.windows == 8 * once.windows

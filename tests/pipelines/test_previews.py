@@ -73,7 +73,7 @@ def _lps(index: tuple[int, int, int]) -> tuple[int, int, int]:
 def test_a_photo_is_drawn_upright_and_in_colour(tmp_path):
     from PIL import Image
 
-    from medseg.pipelines.evaluate import read_volume
+    from medseg.datasets.image_io import read_volume
 
     picture = np.zeros((40, 60, 3), dtype=np.uint8)  # rows x columns, as PIL stores it
     picture[:20, :30] = (220, 20, 20)  # red top-left quarter

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -19,15 +20,15 @@ from medseg.config import Config
 from medseg.datasets import discover
 from medseg.errors import ConfigError
 from medseg.pipelines.model_dir import WEIGHTS_FILE, open_model, save_model_dir
-from medseg.pipelines.predict import predict
-from medseg.pipelines.prune import (
+from medseg.pipelines.prediction.predict import predict
+from medseg.pipelines.pruning.prune import (
     choose_level,
     parse_levels,
     prune,
     prune_after_training,
     save_pruned_model,
 )
-from medseg.pipelines.prune_report import pruning_table, track_pruning
+from medseg.pipelines.pruning.prune_report import pruning_table, track_pruning
 from medseg.pipelines.tracking import Tracker
 
 # test_end_to_end.py's tiny UNet++ (depth 3: levels 1..3), trained on fewer patches for
@@ -45,13 +46,15 @@ TINY_UNETPP = {
     "tracking": {"enabled": False},
 }
 LEVELS = [1, 2, 3]
+# What the training run of ``trained_model`` handed to its post-training step.
+FINISHED: list = []
 TOLERANCE = 0.1
 
 
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory, brats_phantoms) -> Path:
     """The tiny UNet++ trained on the BraTS phantoms; its model directory."""
-    from medseg.pipelines.train import train
+    from medseg.pipelines.training.train import train
 
     run_dir = tmp_path_factory.mktemp("prune") / "run"
     config = Config.model_validate(
@@ -63,9 +66,18 @@ def trained_model(tmp_path_factory, brats_phantoms) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
-        return train(config, show_progress=False).model_dir
+        return train(config, show_progress=False, after=[FINISHED.append]).model_dir
     finally:
         torch.set_num_threads(threads)
+
+
+def test_training_runs_the_post_training_steps_attached_to_it(trained_model) -> None:
+    (finished,) = FINISHED
+    assert finished.model_dir == trained_model
+    assert (trained_model / "weights.safetensors").is_file()
+    splits = json.loads((trained_model.parent / "splits.json").read_text())
+    assert [case.id for case in finished.val_cases] == splits[0]["val"]
+    assert finished.config.output == trained_model.parent
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from medseg.errors import ConfigError
-from medseg.pipelines.predict import predict
-from medseg.pipelines.ray_predict import RayOptions
+from medseg.pipelines.prediction.predict import predict
+from medseg.pipelines.prediction.ray_predict import RayOptions
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,

@@ -327,7 +327,7 @@ def test_full_disk_fails_the_case_and_leaves_no_partial_file(
 ):
     import errno
 
-    import medseg.pipelines.predict as predict_module
+    import medseg.pipelines.prediction.predict as predict_module
 
     def full_disk(reference, labels, target, **options):
         partial = target.with_name(f".{target.name}.partial")

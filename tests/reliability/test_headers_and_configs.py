@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from medseg.datasets.headers import IMAGE_SUFFIXES
+from medseg.datasets.image_io import IMAGE_SUFFIXES
 from medseg.datasets.synthetic import synthesize
 from tests.reliability.test_arguments import one_line_refusal
 
@@ -133,7 +133,7 @@ def test_nan_in_the_affine_names_the_file_before_inference(
     bad = tmp_path / "in" / "nan_affine.nii"
     bad.parent.mkdir()
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj), None, header), bad)
-    import medseg.pipelines.segmenter as segmenter
+    import medseg.pipelines.prediction.segmenter as segmenter
 
     def no_voxels(*args, **kwargs):
         raise AssertionError("voxels were read")

@@ -127,7 +127,7 @@ def test_a_nan_in_provenance_does_not_stop_a_model(tmp_path, volume, ct_model_di
 def test_a_diverging_loss_stops_training_naming_the_epoch(
     tmp_path, lits_data, medseg_cli, monkeypatch
 ):
-    from medseg.pipelines import losses
+    from medseg.pipelines.training import losses
 
     plain = losses.DeepSupervisionLoss.forward
 
@@ -163,8 +163,8 @@ def test_complex_images_are_refused_by_name(tmp_path, volume, ct_model_dir, meds
 def test_a_patch_beyond_memory_is_refused_with_the_largest_that_fits(
     tmp_path, lits_data, medseg_cli, monkeypatch
 ):
-    from medseg.pipelines import plan as rules
     from medseg.pipelines import resources
+    from medseg.pipelines.training import plan as rules
 
     monkeypatch.setattr(resources, "available_memory", lambda: 2**30)
     config = training_config(tmp_path, lits_data)

@@ -97,7 +97,7 @@ def assert_same_geometry(output: Path, reference: Path) -> None:
 @pytest.mark.parametrize("kind", sorted(VARIANTS))
 @pytest.mark.parametrize("source", SHIPPED, ids=lambda path: path.name)
 def test_label_maps_keep_the_header_geometry_of_every_shipped_nifti(source, kind, tmp_path):
-    from medseg.pipelines.writers import write_label_like
+    from medseg.datasets.image_io import write_label_like
 
     reference = variant(source, kind, tmp_path / "in")
     shape = nib.load(reference).shape[:3]

@@ -302,8 +302,8 @@ def test_a_case_abandoned_by_the_other_run_is_reported_failed(
 ):
     """The other run holds volume-0 when this one starts, then dies without writing it:
     this run's report says so (failed, exit 1) instead of "another run is segmenting"."""
-    from medseg.pipelines import segmenter
     from medseg.pipelines.case_locks import lock_path
+    from medseg.pipelines.prediction import segmenter
 
     output = tmp_path / "out"
     output.mkdir()

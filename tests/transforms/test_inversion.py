@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from medseg.datasets.base import Case, LabelScheme
+from medseg.datasets.image_io import write_label_like
 from medseg.pipelines.model_dir import InferenceSpec, ModelConfig, NetworkSpec
-from medseg.pipelines.segmenter import Segmenter
-from medseg.pipelines.writers import write_label_like
+from medseg.pipelines.prediction.segmenter import Segmenter
 from medseg.transforms.presets import Preprocessing
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"

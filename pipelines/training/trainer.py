@@ -1,7 +1,7 @@
 """The epoch loop of ``medseg train``: optimisation, validation, checkpoints, tracking.
 
 Randomness is derived from ``train.seed`` per epoch (dropout, data order) and per sample
-(augmentation, see ``pipelines/data.py``), so a run resumed from an epoch's checkpoint
+(augmentation, see ``pipelines/training/data.py``), so a run resumed from an epoch's checkpoint
 continues exactly as the uninterrupted one, with no random state to carry over.
 
 Epochs are numbered from 1 wherever a user sees them: the log, MLflow steps, the history,
@@ -21,8 +21,8 @@ import torch
 
 from medseg.config import Config, config_to_dict, flatten
 from medseg.errors import TrainingError
+from medseg.networks import abilities, as_staged
 from medseg.pipelines.checkpoints import save_checkpoint
-from medseg.pipelines.data import SeededDataset, cached_dataset, training_loader
 from medseg.pipelines.distributed import (
     ProcessInfo,
     barrier,
@@ -30,11 +30,12 @@ from medseg.pipelines.distributed import (
     mean_across_ranks,
 )
 from medseg.pipelines.inference import resolve_precision
-from medseg.pipelines.losses import DeepSupervisionLoss, segmentation_loss
 from medseg.pipelines.model_dir import ModelConfig, build_from_config, load_weights
-from medseg.pipelines.optim import lr_factor, make_optimizer
 from medseg.pipelines.progress import duration, epoch_progress, task_progress
 from medseg.pipelines.tracking import Tracker
+from medseg.pipelines.training.data import SeededDataset, cached_dataset, training_loader
+from medseg.pipelines.training.losses import DeepSupervisionLoss, segmentation_loss
+from medseg.pipelines.training.optim import lr_factor, make_optimizer
 from medseg.pipelines.validation import summarise, validate
 from medseg.transforms.presets import training_transforms, validation_transforms
 
@@ -104,7 +105,7 @@ class Trainer:
         if self.scheme.mode == "regions":
             start_from_prior(self.network, self.scheme.out_channels)
         if recipe.init_from:
-            from medseg.pipelines.finetune import initialise_from
+            from medseg.pipelines.training.finetune import initialise_from
 
             initialise_from(self.network, recipe.init_from, model_config)
         self.network = self.network.to(device)
@@ -154,7 +155,7 @@ class Trainer:
         )
         self.loader, self.sampler = training_loader(
             self.train_set,
-            batch_size=self.recipe.batch_size,
+            batch_size=int(self.recipe.batch_size),  # the plan resolved "auto"
             rank=self.info.rank,
             world_size=self.info.world_size,
             seed=self.recipe.seed,
@@ -180,12 +181,15 @@ class Trainer:
         stage = self.recipe.stage_at(epoch)
         if stage is None:
             return
+        name = self.model_config.network.name
+        if not abilities(name).staged:
+            if stage.mode is not None:
+                raise ValueError(f"{name} has no mode to set in a stage")
+            return
+        staged = as_staged(self.network)
         if stage.mode is not None:
-            if not hasattr(self.network, "mode"):
-                raise ValueError(f"{self.model_config.network.name} has no mode to set in a stage")
-            self.network.mode = stage.mode
-        if hasattr(self.network, "freeze_2d"):
-            self.network.freeze_2d(stage.freeze_2d)
+            staged.mode = stage.mode
+        staged.freeze_2d(stage.freeze_2d)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         recipe = self.recipe
@@ -291,7 +295,11 @@ class Trainer:
             history.append({"epoch": number, **metrics})
             tracker.log_metrics(metrics, step=number)
             if self.info.is_main:
-                progress = {"best_metric": best, "best_epoch": best_epoch, "stale": stale}
+                progress: dict[str, Any] = {
+                    "best_metric": best,
+                    "best_epoch": best_epoch,
+                    "stale": stale,
+                }
                 progress |= {"history": history, "run_id": tracker.run_id or ""}
                 self._checkpoint(number, progress)
                 timings.append(time.perf_counter() - started)

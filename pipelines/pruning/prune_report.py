@@ -1,5 +1,5 @@
 """The result of ``medseg prune`` and its reports: ``pruning.csv``, the trade-off plot, the
-console table and the MLflow record (``pipelines/prune.py`` measures and chooses)."""
+console table and the MLflow record (``pipelines/pruning/prune.py`` measures and chooses)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 ``Trainer``, and save the model directory, artifacts and MLflow records.
 
 ``--folds all`` trains every fold in turn into ``<output>/fold_<k>`` and writes the
-cross-validation summary; each fold resumes on its own.
+cross-validation summary; each fold resumes on its own. Work that follows a finished run
+(pruning the model, say) is a ``PostTrainingStep`` the caller attaches, so training
+imports none of it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,11 @@ import yaml
 
 from medseg.config import Config, config_to_dict
 from medseg.datasets import discover
+from medseg.datasets.base import Case
 from medseg.datasets.splits import kfold_splits, load_splits, save_splits
 from medseg.errors import ConfigError
 from medseg.files import is_within, require_outside, write_text_atomic
+from medseg.networks import abilities, as_staged
 from medseg.pipelines.case_locks import try_lock
 from medseg.pipelines.checkpoints import load_checkpoint, save_checkpoint
 from medseg.pipelines.distributed import process_group, process_info
@@ -33,19 +38,35 @@ from medseg.pipelines.model_dir import (
     InferenceSpec,
     ModelConfig,
     NetworkSpec,
+    Postprocessing,
     save_model_dir,
 )
-from medseg.pipelines.planner import FINGERPRINT_FILE, PLAN_FILE, PlannedRun, plan_run
-from medseg.pipelines.plots import plot_learning_curve
-from medseg.pipelines.postprocess import Postprocessing
 from medseg.pipelines.resources import require_cache_memory
 from medseg.pipelines.tracking import Tracker, code_version_tags
-from medseg.pipelines.trainer import BEST, LAST, Trainer
+from medseg.pipelines.training.planner import FINGERPRINT_FILE, PLAN_FILE, PlannedRun, plan_run
+from medseg.pipelines.training.plots import plot_learning_curve
+from medseg.pipelines.training.trainer import BEST, LAST, Trainer
 from medseg.transforms.presets import Preprocessing
 
 logger = logging.getLogger(__name__)
 
 SUMMARY = "training_summary.json"
+
+
+@dataclass(frozen=True)
+class FinishedTraining:
+    """What a post-training step receives from a finished run (main process only):
+    the resolved ``config``, the best ``model_dir``, the ``val_cases`` it was chosen on and
+    the run's MLflow ``tracker``, still open for the step's records."""
+
+    config: Config
+    model_dir: Path
+    val_cases: list[Case]
+    tracker: Tracker
+
+
+PostTrainingStep = Callable[[FinishedTraining], None]
+"""Work run after training, in the training run (``medseg train`` attaches pruning)."""
 
 
 @dataclass
@@ -128,7 +149,7 @@ def discover_training_data(config: Config) -> Any:
     for a ``folder`` layout, and the cases of ``data.datalist`` when one is given."""
     from medseg.datasets.datalist import load_datalist
 
-    options = {}
+    options: dict[str, Any] = {}
     if config.data.layout == "folder":
         options = {"labels": config.data.labels, "modality": config.transforms.modality}
     # Validation reads every header and label once, so a broken case stops the run now,
@@ -166,13 +187,20 @@ def _write_validation_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def train(config: Config, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
+def train(
+    config: Config,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    after: Sequence[PostTrainingStep] = (),
+) -> TrainResult:
     """Train ``config``'s network on its data; return where the model and metrics are.
 
     Writes into ``config.output``: ``config.yaml`` (resolved), ``splits.json``,
     ``checkpoint_last.pt`` (every epoch), ``checkpoint_best.pt`` and ``model/`` (the best
     validation Dice so far), ``validation.csv`` and ``learning_curve.png``. With ``resume``
-    it continues from ``checkpoint_last.pt`` and the same MLflow run. Raises
+    it continues from ``checkpoint_last.pt`` and the same MLflow run. The steps of
+    ``after`` run in order once the model is saved, inside the run's tracking. Raises
     ``ConfigError`` for a run directory that already holds a run (without ``resume``), is
     in use by another training process, or lies in or above the data root, for unusable
     data or a bad network choice.
@@ -180,19 +208,19 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
     run_dir = Path(config.output)
     _require_apart(run_dir, Path(config.data.root))
     if not process_info().is_main:
-        return _train_unlocked(config, resume=resume, show_progress=show_progress)
+        return _train_unlocked(config, resume=resume, show_progress=show_progress, after=after)
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file in its place, a read-only or full disk
-        raise ConfigError(f"{run_dir}: cannot create the run folder ({error})") from None
+        raise ConfigError(f"{run_dir}: cannot create the run folder ({error})") from error
     # Two runs into one folder would interleave their checkpoints and model/; the kernel
     # frees the lock when its holder dies, so a killed run can be resumed at once.
     lock = try_lock(run_dir / "training")
     if lock is None:
         raise ConfigError(f"{run_dir}: another medseg train is running there; wait for it")
     try:
-        return _train_unlocked(config, resume=resume, show_progress=show_progress)
+        return _train_unlocked(config, resume=resume, show_progress=show_progress, after=after)
     finally:
         lock.release()
         if created:
@@ -202,7 +230,9 @@ def train(config: Config, *, resume: bool = False, show_progress: bool = True) -
                 run_dir.rmdir()
 
 
-def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> TrainResult:
+def _train_unlocked(
+    config: Config, *, resume: bool, show_progress: bool, after: Sequence[PostTrainingStep]
+) -> TrainResult:
     """``train`` once the run directory is this process's."""
     run_dir = Path(config.output)
     if resume and not (run_dir / LAST).exists():
@@ -211,7 +241,7 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
         raise ConfigError(
             f"{run_dir}: already holds a training run; use --resume {run_dir} or another output"
         )
-    if config.train.prune and config.network.name != "unetpp":
+    if config.train.prune and not abilities(config.network.name).prunable:
         raise ConfigError(
             f"train.prune measures UNet++ pruning levels; {config.network.name} has none"
         )
@@ -269,13 +299,13 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
         outcome = trainer.run(state, tracker, on_best)
         if info.is_main:
             _finish(run_dir, config, outcome, tracker)
-            if config.train.prune:
-                from medseg.pipelines.prune import prune_after_training
-
-                val_cases = [by_id[c] for c in split["val"]]
-                prune_after_training(
-                    run_dir / "model", val_cases, tracker, device=config.train.device
-                )
+            if config.train.prune and not after:
+                logger.warning("train.prune is set but no pruning step is attached; not pruned")
+            finished = FinishedTraining(
+                config, run_dir / "model", [by_id[c] for c in split["val"]], tracker
+            )
+            for step in after:
+                step(finished)
             best = [row for row in outcome["history"] if row["epoch"] == outcome["best_epoch"]]
             summary = {k: outcome[k] for k in ("best_metric", "best_epoch")}
             summary["validation"] = best[0] if best else {}
@@ -365,8 +395,9 @@ def _save_best(
     validation = {k: round(v, 5) for k, v in metrics.items() if k.startswith("val/")}
     provenance = model_config.provenance | {"epoch": epoch, "validation": validation}
     options = dict(model_config.network.options)
-    if hasattr(network, "mode"):
-        options["mode"] = network.mode  # a staged run's best may come from its 2D stage
+    if abilities(model_config.network.name).staged:
+        # a staged run's best may come from its 2D stage
+        options["mode"] = as_staged(network).mode
     update = {
         "provenance": provenance,
         "network": model_config.network.model_copy(update={"options": options}),
@@ -375,7 +406,9 @@ def _save_best(
     _write_validation_csv(run_dir / "validation.csv", rows)
 
 
-def train_folds(config: Config, *, show_progress: bool = True) -> dict[str, Any]:
+def train_folds(
+    config: Config, *, show_progress: bool = True, after: Sequence[PostTrainingStep] = ()
+) -> dict[str, Any]:
     """Train every fold of ``config.data.folds`` into ``<output>/fold_<k>``, each resumed if
     interrupted and skipped if finished, then write ``cross_validation.json``: the best
     validation Dice per structure for each fold, with the mean and std over folds.
@@ -390,7 +423,8 @@ def train_folds(config: Config, *, show_progress: bool = True) -> dict[str, Any]
             fold_config = config.model_copy(
                 update={"output": fold_dir, "data": config.data.model_copy(update={"fold": fold})}
             )
-            train(fold_config, resume=(fold_dir / LAST).exists(), show_progress=show_progress)
+            resume = (fold_dir / LAST).exists()
+            train(fold_config, resume=resume, show_progress=show_progress, after=after)
         summary = json.loads((fold_dir / SUMMARY).read_text(encoding="utf-8"))
         dice = {
             key.removeprefix("val/dice/"): value

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.pipelines.metrics import bounding_box, structure_mask, structure_metrics
+from medseg.pipelines.evaluation.metrics import bounding_box, structure_mask, structure_metrics
 
 DILATION_STEPS = 3
 SMALL_LESION_VOXELS = 50

@@ -89,7 +89,7 @@ class CaseDescriber:
             )
             if printable(case.id) in known and not missing_preview:
                 continue
-            from medseg.pipelines.evaluate import read_volume
+            from medseg.datasets.image_io import read_volume
 
             try:
                 written = read_volume(Path(entry.output))
@@ -102,16 +102,16 @@ def _spacing(case: Case, affine: np.ndarray, ndim: int) -> tuple[float, ...] | N
     """Voxel size (mm) of the output grid; None for a photo, whose pixels have no size."""
     if ndim == 2 and not has_pixel_size(case.image[0]):
         return None
-    import nibabel as nib
+    from nibabel.affines import voxel_sizes
 
-    return tuple(float(size) for size in nib.affines.voxel_sizes(affine)[:ndim])
+    return tuple(float(size) for size in voxel_sizes(affine)[:ndim])
 
 
 def _first_image(case: Case, shape: tuple[int, ...]) -> np.ndarray | None:
     """The case's first image file as read (a colour picture keeps its 3 channels, a 4D
     file its channel axis last), or None with a warning when it cannot be read again or
     its grid is not ``shape``."""
-    from medseg.pipelines.evaluate import read_volume
+    from medseg.datasets.image_io import read_volume
 
     path = case.image[0]
     try:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.datasets import LAYOUTS, discover
+from medseg.datasets import LAYOUT_NAMES, discover
 from medseg.datasets.base import LabelScheme
+from medseg.datasets.image_io import IMAGE_SUFFIXES
 from medseg.errors import ConfigError
-from medseg.pipelines.cases import IMAGE_SUFFIXES, strip_suffix
+from medseg.pipelines.prediction.cases import strip_suffix
 
 
 @dataclass
@@ -50,7 +51,7 @@ def find_references(ref_dir: Path, *, layout: str | None, labels: str | None) ->
         if not files:
             raise ConfigError(f"{ref_dir}: no label files ({', '.join(IMAGE_SUFFIXES)})")
         return References({strip_suffix(p): p for p in files}, parse_labels(labels))
-    candidates = [layout] if layout else [name for name in LAYOUTS if name != "folder"]
+    candidates = [layout] if layout else [name for name in LAYOUT_NAMES if name != "folder"]
     for name in candidates:
         try:
             index = discover(name, ref_dir, need_labels=True)

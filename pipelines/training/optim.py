@@ -32,12 +32,3 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     if schedule == "poly":
         return (1 - progress) ** 0.9
     return 1.0
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, total: int, warmup: int, schedule: str
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A scheduler stepped once per iteration following ``lr_factor``."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, schedule)
-    )

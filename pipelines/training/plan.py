@@ -48,7 +48,6 @@ BACKWARD_FACTOR = 2.0
 # Weights, gradients and two AdamW moments, float32.
 BYTES_PER_PARAMETER = 16
 MIN_CASES = 2
-UNET_FAMILY = ("unetpp",)
 
 
 def target_spacing(fingerprint: Fingerprint) -> list[float] | None:
@@ -150,15 +149,15 @@ def _size_rule(choice: NetworkSpec, options: dict[str, Any]) -> tuple[list[int],
     found once per network and options (shrinking a patch asks again at every step)."""
     key = repr((choice, sorted(options.items())))
     if key not in _SIZE_RULES:
+        from medseg.networks import abilities, input_divisor, resolved_options
+
         network = _build(choice, options)
-        if hasattr(network, "strides") and hasattr(network, "levels"):  # UNet++
-            rule: tuple[list[int], dict[int, int]] = (list(network.divisor()), {})
-        elif choice.name == "hdenseunet":
-            rule = ([network.divisor, network.divisor, 1], {2: network.slices})
-        else:
-            divisor = getattr(network, "divisor", None) or network.patch_size**5
-            rule = ([divisor] * choice.spatial_dims, {})
-        _SIZE_RULES[key] = rule
+        fixed: dict[int, int] = {}
+        depth_option = abilities(choice.name).fixed_depth
+        if depth_option is not None:
+            depth = resolved_options(choice.name, choice.preset, options)[depth_option]
+            fixed[choice.spatial_dims - 1] = int(depth)
+        _SIZE_RULES[key] = (list(input_divisor(network)), fixed)
     divisor, fixed = _SIZE_RULES[key]
     return list(divisor), dict(fixed)
 
@@ -218,7 +217,9 @@ def network_options(
 ) -> dict[str, Any]:
     """The config's options, with UNet++'s depth and pooling matched to ``patch``."""
     options = dict(choice.options)
-    if not plan_pooling or choice.name not in UNET_FAMILY:
+    from medseg.networks import abilities
+
+    if not plan_pooling or not abilities(choice.name).planned_pooling:
         return options
     from medseg.networks.unetpp import PRESETS
 

@@ -6,7 +6,7 @@ import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.datasets import LAYOUTS, discover
+from medseg.datasets import LAYOUT_NAMES, discover
 from medseg.datasets.base import Case, CaseProblem
 from medseg.datasets.dicom_tree import (
     SeriesRules,
@@ -14,7 +14,8 @@ from medseg.datasets.dicom_tree import (
     discover_dicom_tree,
     holds_dicom_below,
 )
-from medseg.datasets.headers import IMAGE_SUFFIXES, quiet_itk
+from medseg.datasets.headers import quiet_itk
+from medseg.datasets.image_io import IMAGE_SUFFIXES
 from medseg.errors import ConfigError
 
 
@@ -55,7 +56,7 @@ def _expand(text: str) -> list[Path]:
 
 
 def _folder_cases(folder: Path, layout: str, inputs: Inputs, rules: SeriesRules) -> list[Case]:
-    if layout in LAYOUTS and layout != "folder":
+    if layout in LAYOUT_NAMES and layout != "folder":
         try:
             index = discover(layout, folder, need_labels=False)
         except ConfigError:

@@ -14,8 +14,8 @@ from typing import Any
 
 from medseg.datasets.base import Case
 from medseg.errors import CaseError, ConfigError
-from medseg.pipelines.label_files import nifti_description
 from medseg.pipelines.label_table import LabelEntry
+from medseg.pipelines.prediction.label_files import nifti_description
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class OutputPlan:
 def require_output_format(output_format: str | None) -> None:
     """Raise ``ConfigError`` for an unknown format, or a SEG asked for without highdicom
     (the ``dicom`` extra)."""
-    from medseg.pipelines.dicom_seg import highdicom_available
+    from medseg.pipelines.prediction.dicom_seg import highdicom_available
 
     if output_format is not None and output_format not in OUTPUT_FORMATS:
         raise ConfigError(
@@ -74,7 +74,7 @@ def plan_outputs(
     """The ``OutputPlan`` for a prediction with model ``config`` over ``cases``, for a
     format ``require_output_format`` accepted. Without highdicom and without a format,
     DICOM cases get label maps only, with one warning."""
-    from medseg.pipelines.dicom_seg import highdicom_available
+    from medseg.pipelines.prediction.dicom_seg import highdicom_available
 
     ready = highdicom_available()
     if not ready and output_format is None and any(is_dicom_series(case) for case in cases):

@@ -8,38 +8,10 @@ these rules run on the written label map, where sizes in ml are meaningful.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
 from medseg.datasets.base import LabelScheme
-from medseg.errors import ConfigError
-
-
-class Postprocessing(BaseModel):
-    """Rules applied in this order, each naming structures of the label scheme.
-
-    ``largest_component``: keep only the largest connected component; ``min_component_ml``:
-    remove components smaller than the given volume; ``fill_holes``: fill enclosed holes;
-    ``inside``: a structure that lives inside another (LiTS: ``{tumour: liver}``) is removed
-    where it does not touch its container, and counts as part of the container for the
-    other rules (the liver's largest component and holes include its tumours).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    largest_component: list[str] = Field(default_factory=list)
-    min_component_ml: dict[str, float] = Field(default_factory=dict)
-    fill_holes: list[str] = Field(default_factory=list)
-    inside: dict[str, str] = Field(default_factory=dict)
-
-    def check(self, scheme: LabelScheme) -> None:
-        """Raise ``ConfigError`` when a rule names a structure the scheme does not have."""
-        named = [*self.largest_component, *self.min_component_ml, *self.fill_holes]
-        named += [*self.inside, *self.inside.values()]
-        unknown = sorted(set(named) - set(scheme.foreground))
-        if unknown:
-            known = ", ".join(scheme.foreground)
-            raise ConfigError(f"postprocess names {', '.join(unknown)}; structures: {known}")
+from medseg.pipelines.model_dir import Postprocessing
 
 
 def _paint_value(scheme: LabelScheme, name: str) -> int:
@@ -65,13 +37,13 @@ def postprocess(
     for name in rules.largest_component:
         components, count = ndimage.label(organ(name))
         if count > 1:
-            sizes = np.bincount(components.ravel())[1:]
-            result[(components > 0) & (components != sizes.argmax() + 1)] = 0
+            counts = np.bincount(components.ravel())[1:]
+            result[(components > 0) & (components != counts.argmax() + 1)] = 0
     for name, minimum in rules.min_component_ml.items():
         components, count = ndimage.label(organ(name))
         if count:
-            sizes = np.bincount(components.ravel()) * voxel_ml
-            small = np.flatnonzero(sizes < minimum)
+            volumes_ml = np.bincount(components.ravel()) * voxel_ml
+            small = np.flatnonzero(volumes_ml < minimum)
             result[np.isin(components, small[small > 0])] = 0
     for name in rules.fill_holes:
         region = organ(name)

@@ -30,8 +30,9 @@ import torch
 
 from medseg.errors import ConfigError, MedsegError
 from medseg.files import write_atomic, write_text_atomic
+from medseg.networks import abilities, as_prunable
+from medseg.pipelines.export.preprocessing_json import INPUT_NAME, OUTPUT_NAME, describe
 from medseg.pipelines.model_dir import ModelConfig, NetworkSpec, build_from_config, open_model
-from medseg.pipelines.preprocessing_json import INPUT_NAME, OUTPUT_NAME, describe
 
 logger = logging.getLogger(__name__)
 
@@ -145,13 +146,14 @@ def _network_to_export(
     """The spec and module to export, and the forward options giving medseg's reference."""
     if prune_level is None:
         return config.network, network, {}
-    if not hasattr(network, "level_parameter_names"):
+    if not abilities(config.network.name).prunable:
         raise ConfigError(
             f"prune level {prune_level}: only UNet++ can be pruned, this model is "
             f"{config.network.name}"
         )
-    if not 1 <= prune_level <= network.levels:
-        raise ConfigError(f"prune level must be in 1..{network.levels}, got {prune_level}")
+    levels = as_prunable(network).levels
+    if not 1 <= prune_level <= levels:
+        raise ConfigError(f"prune level must be in 1..{levels}, got {prune_level}")
     spec = config.network.model_copy(
         update={"options": config.network.options | {"prune_level": prune_level}}
     )
@@ -170,7 +172,7 @@ def _max_error(runner: Runner, inputs: list[torch.Tensor], expected: list[torch.
             for x, reference in zip(inputs, expected, strict=True)
         ]
     except Exception as error:  # runtimes raise their own types for shape or op failures
-        raise ExportError(f"the exported file does not run ({_first_line(error)})") from None
+        raise ExportError(f"the exported file does not run ({_first_line(error)})") from error
     return max(errors)
 
 
@@ -184,7 +186,7 @@ def _export_torchscript(
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(network, example, check_trace=False)
     except Exception as error:  # tracing raises whatever the network's code raises
-        raise ExportError(f"TorchScript tracing failed ({_first_line(error)})") from None
+        raise ExportError(f"TorchScript tracing failed ({_first_line(error)})") from error
     torch.jit.save(traced, str(path))
     loaded = torch.jit.load(str(path), map_location="cpu").eval()
 
@@ -205,7 +207,7 @@ def _export_onnx(
         raise ConfigError(
             f"ONNX export needs onnx, onnxscript and onnxruntime ({error}); "
             "install them with: pip install 'medseg[export]'"
-        ) from None
+        ) from error
     batch = torch.export.Dim("batch", min=1)
     try:
         with torch.no_grad():
@@ -219,7 +221,7 @@ def _export_onnx(
                 dynamic_shapes=({0: batch},),
             )
     except Exception as error:  # torch.export and the ONNX translation raise many types
-        raise ExportError(f"ONNX export failed ({_first_line(error)})") from None
+        raise ExportError(f"ONNX export failed ({_first_line(error)})") from error
     # One self-contained file: every network here is far below ONNX's 2 GB limit.
     program.save(str(path), external_data=False)
     options = onnxruntime.SessionOptions()

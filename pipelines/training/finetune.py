@@ -1,5 +1,5 @@
 """``train.init_from``: start training from a medseg model or from the papers' pretrained
-weights (``pipelines/weight_layouts.py``), never downloaded, never unpickled.
+weights (``pipelines/training/weight_layouts.py``), never downloaded, never unpickled.
 
 Names are matched strictly: every tensor of the source must have a counterpart of the
 same name (after the layout's renaming) and shape in the network, or the run stops with
@@ -158,7 +158,7 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
 def _from_layout_file(
     network: torch.nn.Module, source: str, config: ModelConfig
 ) -> tuple[Initialisation, dict[str, torch.Tensor]]:
-    from medseg.pipelines.weight_layouts import LAYOUTS, find_layout
+    from medseg.pipelines.training.weight_layouts import LAYOUTS, find_layout
 
     tensors = read_weights_file(Path(source))
     layout = find_layout(tensors)

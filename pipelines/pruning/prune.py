@@ -23,13 +23,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.metrics import compute_dice
 
 from medseg.datasets.base import Case
 from medseg.errors import ConfigError
+from medseg.networks import abilities, as_prunable
 from medseg.networks.inference_layout import inference_network
 from medseg.networks.unetpp import UNetPlusPlus
 from medseg.pipelines.inference import (
@@ -39,7 +39,7 @@ from medseg.pipelines.inference import (
     sliding_window_predict,
 )
 from medseg.pipelines.model_dir import ModelConfig, build_from_config, open_model, save_model_dir
-from medseg.pipelines.prune_report import (
+from medseg.pipelines.pruning.prune_report import (
     LevelMeasurement,
     PruneResult,
     plot_pruning,
@@ -47,9 +47,11 @@ from medseg.pipelines.prune_report import (
     write_table,
 )
 from medseg.pipelines.tracking import Tracker
-from medseg.pipelines.validation import summarise
-from medseg.transforms.labels import binary_prediction, binary_target
+from medseg.pipelines.validation import dice_rows, summarise
 from medseg.transforms.presets import validation_transforms
+
+if TYPE_CHECKING:
+    from medseg.pipelines.training.train import FinishedTraining
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +99,16 @@ def _checked_levels(
 ) -> list[int]:
     """``levels`` sorted (default: every level the network has), once the network is known to
     be a UNet++ that has them all."""
-    if not isinstance(network, UNetPlusPlus):
+    if not abilities(config.network.name).prunable:
         raise ConfigError(
             f"{model}: pruning needs a UNet++ model, this one is {config.network.name!r}"
         )
-    built = network.levels
+    prunable = as_prunable(network)
+    built = prunable.levels
     levels = sorted(set(levels)) if levels else list(range(1, built + 1))
     unusable = [level for level in levels if not 1 <= level <= built]
     if unusable:
-        pruned = f", already pruned to level {built}" if built < network.depth else ""
+        pruned = f", already pruned to level {built}" if built < prunable.depth else ""
         raise ConfigError(
             f"{model}: cannot measure level(s) {unusable}: the model has levels 1..{built}"
             f"{pruned}; choose --levels within 1..{built}"
@@ -125,10 +128,7 @@ def _measure_case(
     """Dice row and median inference seconds per level for one case."""
     scheme = config.scheme
     data = validation_transforms(config.preprocessing, scheme)(case.as_dict())
-    image = data["image"][None]
-    reference = binary_target(
-        torch.as_tensor(data["label"]).as_subclass(torch.Tensor)[None], scheme
-    )
+    image, labels = data["image"][None], data["label"][None]
     inference = config.inference
 
     def run(level: int) -> torch.Tensor:
@@ -146,13 +146,8 @@ def _measure_case(
             prune_level=level,
         )
 
-    names = list(scheme.foreground)
-    rows = {}
     # The untimed first pass gives the Dice and warms caches and allocators for the timing.
-    for level in levels:
-        predicted = binary_prediction(run(level), scheme)
-        dice = compute_dice(predicted, reference, include_background=True, ignore_empty=False)
-        rows[level] = {"case": case.id} | {n: float(dice[0, k]) for k, n in enumerate(names)}
+    rows = {level: dice_rows(run(level), labels, [case.id], scheme)[0] for level in levels}
     times: dict[int, list[float]] = {level: [] for level in levels}
     for repeat in range(repeats):
         # Alternating the order cancels a slow drift in machine load between levels.
@@ -390,3 +385,14 @@ def prune_after_training(
         return None
     track_pruning(result, tracker)
     return result
+
+
+def after_training(finished: FinishedTraining) -> None:
+    """The post-training step ``train.prune: true`` asks for (``medseg train`` attaches it):
+    ``prune_after_training`` on the finished run's model and validation cases."""
+    prune_after_training(
+        finished.model_dir,
+        finished.val_cases,
+        finished.tracker,
+        device=finished.config.train.device,
+    )

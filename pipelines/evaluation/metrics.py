@@ -43,15 +43,40 @@ import numpy as np
 from medseg.datasets.base import LabelScheme
 from medseg.errors import ConfigError
 
+
+@dataclass(frozen=True)
+class Metric:
+    """One per-structure metric, as every reader of metrics names and treats it.
+
+    ``name``: the row field and CSV column; ``axis_label``: how plots label it (unit in
+    brackets); ``heading``: its column in the console's evaluation table (None: not shown);
+    ``summarised``: whether ``summarize`` gives statistics for it (and evaluate a box plot);
+    ``empty``: its empty-mask rule: ``"overlap"`` (both empty 1, one empty 0),
+    ``"distance"`` (both empty 0, one empty per ``EmptyRule``) or ``"volume"`` (computed as
+    usual, 0 ml for an empty mask).
+    """
+
+    name: str
+    axis_label: str
+    heading: str | None
+    summarised: bool
+    empty: Literal["overlap", "distance", "volume"]
+
+
+METRICS = (
+    Metric("dice", "Dice", "Dice", True, "overlap"),
+    Metric("iou", "IoU", "IoU", True, "overlap"),
+    Metric("hd95", "HD95 (mm)", "HD95 mm", True, "distance"),
+    Metric("assd", "ASSD (mm)", "ASSD mm", True, "distance"),
+    Metric("nsd", "NSD", "surface Dice", True, "overlap"),
+    Metric("volume_pred_ml", "predicted volume (ml)", None, False, "volume"),
+    Metric("volume_ref_ml", "reference volume (ml)", None, False, "volume"),
+    Metric("volume_diff_ml", "volume prediction - reference (ml)", None, True, "volume"),
+)
+"""Every metric of a row, in CSV order: the one table a new metric is added to."""
+
 ROW_FIELDS = (
-    "dice",
-    "iou",
-    "hd95",
-    "assd",
-    "nsd",
-    "volume_pred_ml",
-    "volume_ref_ml",
-    "volume_diff_ml",
+    *(metric.name for metric in METRICS),
     "empty",
     "voxels_pred",
     "voxels_ref",
@@ -59,8 +84,14 @@ ROW_FIELDS = (
 )
 """Keys of a ``structure_metrics`` row, in the order the CSV writes them."""
 
-SUMMARY_METRICS = ("dice", "iou", "hd95", "assd", "nsd", "volume_diff_ml")
+SUMMARY_METRICS = tuple(metric.name for metric in METRICS if metric.summarised)
 """The row fields that ``summarize`` gives statistics for."""
+
+METRIC_AXIS_LABELS = {metric.name: metric.axis_label for metric in METRICS} | {
+    # 2D pictures with a pixel size report areas (``planar.AREA_FIELDS``) beside the rows.
+    "area_diff_mm2": "area prediction - reference (mm²)",
+}
+"""Metric name -> the label of a plot axis showing it."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +191,8 @@ def structure_metrics(
         if not both and rule.one_empty_distance == "nan":
             distance = math.nan
         empty = "both" if both else ("pred" if voxels_pred == 0 else "ref")
-        row |= {"dice": score, "iou": score, "hd95": distance, "assd": distance, "nsd": score}
+        by_rule = {"overlap": score, "distance": distance}
+        row |= {metric.name: by_rule[metric.empty] for metric in METRICS if metric.empty in by_rule}
         return _ordered(row | {"empty": empty})
 
     pred_to_ref, ref_to_pred = _surface_distances(pred_box, ref_box, spacing)

@@ -1,5 +1,5 @@
 """Resolve a run's ``auto`` choices from its training cases: ``fingerprint.json`` and
-``plan.json`` for ``medseg plan`` and ``medseg train`` (rules in ``pipelines/plan.py``)."""
+``plan.json`` for ``medseg plan`` and ``medseg train`` (rules in ``pipelines/training/plan.py``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from medseg.datasets.base import Case, DatasetIndex
 from medseg.datasets.fingerprint import Fingerprint, fingerprint_dataset
 from medseg.errors import ConfigError
 from medseg.files import write_text_atomic
-from medseg.pipelines import plan as rules
+from medseg.pipelines.training import plan as rules
 
 logger = logging.getLogger(__name__)
 

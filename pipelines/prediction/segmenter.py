@@ -9,31 +9,21 @@ import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from medseg.datasets.base import Case
 from medseg.errors import CaseError, ConfigError
-from medseg.pipelines.backends import prepare_network
+from medseg.networks import abilities, as_prunable
 from medseg.pipelines.inference import WindowCount, sliding_window_predict
 from medseg.pipelines.model_dir import ModelConfig
-from medseg.pipelines.postprocess import postprocess
+from medseg.pipelines.prediction.backends import prepare_network
+from medseg.pipelines.prediction.postprocess import postprocess
 from medseg.pipelines.resources import inversion_groups
 from medseg.transforms.labels import probabilities
 from medseg.transforms.presets import inference_transforms
-
-
-def nib_shape(path: Path) -> tuple[int, ...] | None:
-    """The spatial shape a NIfTI header declares (no voxel is read); None when the header
-    cannot be read (``inspect_image`` then names the reason)."""
-    import nibabel as nib
-
-    try:
-        return tuple(int(size) for size in nib.load(path).shape[:3])
-    except Exception:  # any unreadable header; reported by the full check that follows
-        return None
 
 
 def _input_voxels(image: Any) -> int | None:
@@ -49,9 +39,10 @@ def case_error(error: BaseException, path: Path) -> CaseError:
     while True:
         if isinstance(innermost, CaseError):
             return innermost
-        if innermost.__cause__ is None and innermost.__context__ is None:
+        inner = innermost.__cause__ or innermost.__context__
+        if inner is None:
             break
-        innermost = innermost.__cause__ or innermost.__context__
+        innermost = inner
     reason = str(innermost).strip().splitlines()[-1] if str(innermost).strip() else ""
     return CaseError(f"{path}: cannot read ({reason or type(innermost).__name__})")
 
@@ -86,7 +77,7 @@ class Segmenter:
         precision: CUDA autocast dtype (None: fp32).
         skip_empty: reuse one answer for all constant windows.
         backend: where windows run on the CPU (``torch``, ``onnxruntime``, ``openvino``
-            or ``auto``; see ``medseg.pipelines.backends``).
+            or ``auto``; see ``medseg.pipelines.prediction.backends``).
         apply_postprocessing: apply the model's post-processing rules.
     """
 
@@ -113,10 +104,10 @@ class Segmenter:
             ):
                 raise ConfigError("ensembled models must share preprocessing and labels")
         if prune_level is not None:
-            for _, network in models:
-                levels = getattr(network, "levels", None)
-                if levels is None:
+            for config, network in models:
+                if not abilities(config.network.name).prunable:
                     raise ConfigError("--prune-level applies to UNet++ models only")
+                levels = as_prunable(network).levels
                 if prune_level > levels:
                     raise ConfigError(
                         f"--prune-level {prune_level}: this model has levels 1..{levels}"
@@ -158,23 +149,24 @@ class Segmenter:
     def check(self, case: Case) -> None:
         """Refuse, before reading any voxel, a case too large for the memory this machine has
         or whose files are unreadable, truncated or of differing shapes (``CaseError``)."""
-        from medseg.datasets.headers import UnusableImageError, inspect_image
+        from medseg.datasets.headers import UnusableImageError
+        from medseg.datasets.image_io import declared_shape, read_header
 
         first = case.image[0]
         for path in case.image:
             # Before any reader opens it: a named pipe would block the read forever.
             if path.exists() and not path.is_dir() and not path.is_file():
                 raise CaseError(f"{path}: not a regular file (a pipe, socket or device)")
-        declared = nib_shape(first) if first.name.endswith((".nii", ".nii.gz")) else None
+        declared = declared_shape(first)
         if declared is not None:
             # The header alone gives the size, before the truncation check reads the data.
             self._check_memory(first, declared)
         headers = []
         for path in case.image:
             try:
-                headers.append(inspect_image(path))
+                headers.append(read_header(path))
             except UnusableImageError as error:
-                raise CaseError(f"{path}: {error}") from None
+                raise CaseError(f"{path}: {error}") from error
         shapes = {header.shape for header in headers}
         if len(shapes) > 1:
             raise CaseError(f"{first}: channels differ in shape ({sorted(shapes)})")
@@ -208,7 +200,7 @@ class Segmenter:
         try:
             data = self.transform({"image": source})
         except Exception as error:
-            raise case_error(error, case.image[0]) from None
+            raise case_error(error, case.image[0]) from error
         expected = self.config.network.in_channels
         if data["image"].shape[0] != expected:
             channels = ", ".join(self.config.preprocessing.channels)
@@ -220,10 +212,10 @@ class Segmenter:
 
     def _mean_probabilities(self, image: torch.Tensor, count: WindowCount) -> torch.Tensor:
         spatial = list(range(2, image.ndim))
-        flips = [()]
+        flips: list[tuple[int, ...]] = [()]
         if self.tta:
             flips = [c for r in range(len(spatial) + 1) for c in itertools.combinations(spatial, r)]
-        total = None
+        total: torch.Tensor | None = None
         for network in self.networks:
             for axes in flips:
                 flipped = image.flip(axes) if axes else image
@@ -242,7 +234,7 @@ class Segmenter:
                 )
                 chance = probabilities(logits.flip(axes) if axes else logits, self.scheme)[0]
                 total = chance if total is None else total.add_(chance)
-        return total.div_(len(self.networks) * len(flips))
+        return cast(torch.Tensor, total).div_(len(self.networks) * len(flips))
 
     def infer(self, data: dict[str, Any], *, keep_probabilities: bool = False) -> Segmentation:
         """Segment a case that ``load`` prepared; see ``Segmentation``."""
@@ -258,7 +250,11 @@ class Segmenter:
             )
         }
         del image
-        labels, best, kept, affine = None, None, [], None
+        # Set by the first channel group (there is at least one).
+        labels: Any = None
+        best: Any = None
+        affine: Any = None
+        kept: list[np.ndarray] = []
         masks: dict[int, np.ndarray] = {}
         for group in inversion_groups(probability.shape[0], _input_voxels(data["image"])):
             data["pred"] = MetaTensor(probability[group.start : group.stop])

@@ -100,8 +100,8 @@ class CaseWorker:
 
     def __init__(self, model: str, settings: dict[str, Any]) -> None:
         from medseg.pipelines.inference import resolve_device, resolve_precision
-        from medseg.pipelines.predict import open_models
-        from medseg.pipelines.segmenter import Segmenter
+        from medseg.pipelines.prediction.predict import open_models
+        from medseg.pipelines.prediction.segmenter import Segmenter
 
         self.settings = settings
         self.device = resolve_device(settings["device"])
@@ -126,7 +126,7 @@ class CaseWorker:
 
     def segment(self, case: Case, target: Path) -> Any:
         """Segment ``case`` into ``target`` as ``medseg predict`` does; its ``CaseReport``."""
-        from medseg.pipelines.predict import (
+        from medseg.pipelines.prediction.predict import (
             CaseReport,
             PredictReport,
             _claims,
@@ -184,7 +184,7 @@ def predict_on_ray(
     """
     if not todo:
         return []
-    from medseg.pipelines.predict import CaseReport
+    from medseg.pipelines.prediction.predict import CaseReport
     from medseg.pipelines.progress import task_progress
 
     with ray_session(options, model) as ray:
@@ -217,7 +217,7 @@ def _segment_all(
     """Send each ready actor the next case of ``queue`` until none is left or no actor is.
     Returns the cases' reports, the cases no actor took and why the first actor that could
     not start failed."""
-    from medseg.pipelines.predict import CaseReport
+    from medseg.pipelines.prediction.predict import CaseReport
 
     starting = {actor.ready.remote(): actor for actor in actors}
     running: dict[Any, tuple[Any, Case]] = {}

@@ -1,6 +1,6 @@
 """Score a folder of predicted label files against reference label files (``medseg evaluate``).
 
-Predictions are ``<case_id>`` plus one of ``PREDICTION_SUFFIXES``; references come as a map
+Predictions are ``<case_id>`` plus one of ``LABEL_MAP_SUFFIXES``; references come as a map
 case id -> file. Every case is read (NIfTI with nibabel, other formats with SimpleITK), checked
 against its reference (same shape, affines within ``AFFINE_TOLERANCE``) and scored with
 ``case_metrics`` in a process pool. Missing, extra, unreadable and mismatched cases are listed
@@ -31,13 +31,15 @@ from typing import Any
 import numpy as np
 
 from medseg.datasets.base import CaseProblem, LabelScheme
+from medseg.datasets.image_io import LABEL_MAP_SUFFIXES, Volume, is_nifti_file, read_volume
 from medseg.errors import CaseError, ConfigError
 from medseg.files import write_atomic, write_text_atomic
-from medseg.pipelines.lesionwise import COLUMNS as LESIONWISE_COLUMNS
-from medseg.pipelines.lesionwise import RULE as LESIONWISE_RULE
-from medseg.pipelines.lesionwise import case_lesionwise, summarize_lesionwise
-from medseg.pipelines.metrics import (
+from medseg.pipelines.evaluation.lesionwise import COLUMNS as LESIONWISE_COLUMNS
+from medseg.pipelines.evaluation.lesionwise import RULE as LESIONWISE_RULE
+from medseg.pipelines.evaluation.lesionwise import case_lesionwise, summarize_lesionwise
+from medseg.pipelines.evaluation.metrics import (
     DEFAULT_RULE,
+    METRIC_AXIS_LABELS,
     ROW_FIELDS,
     SUMMARY_METRICS,
     EmptyRule,
@@ -50,31 +52,12 @@ from medseg.pipelines.structures import Structure, dataset_structures
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".png")
 AFFINE_TOLERANCE = 1e-4
 CSV_COLUMNS = ("case", "label", *ROW_FIELDS)
-METRIC_AXIS_LABELS = {
-    "dice": "Dice",
-    "iou": "IoU",
-    "hd95": "HD95 (mm)",
-    "assd": "ASSD (mm)",
-    "nsd": "NSD",
-    "volume_diff_ml": "volume prediction - reference (ml)",
-    "area_diff_mm2": "area prediction - reference (mm²)",
-}
+SOURCES = ("reference", "prediction")
 _CaseJob = tuple[str, Path, Path]
 # Metric rows, lesion-wise rows, and the reason the case could not be scored.
 _CaseResult = tuple[list[dict[str, Any]], list[dict[str, Any]], CaseProblem | None]
-
-
-@dataclass(frozen=True)
-class Volume:
-    """An array in file index order (x, y[, z]; trailing axes of size 1 dropped), its voxel
-    spacing in mm per axis and its 4x4 voxel-to-RAS affine (ITK's LPS converted)."""
-
-    array: np.ndarray
-    spacing: tuple[float, ...]
-    affine: np.ndarray
 
 
 @dataclass
@@ -90,44 +73,6 @@ class EvaluationResult:
     summary: dict[str, Any]
     problems: list[CaseProblem]
     paths: dict[str, Path]
-
-
-def read_volume(path: Path) -> Volume:
-    """Read an image or label file into a ``Volume`` whose array keeps the stored dtype
-    (scaled NIfTI data comes back as floats): NIfTI (``.nii``, ``.nii.gz``) with nibabel,
-    every other format with the readers ``medseg predict`` loads it with
-    (``transforms.readers.image_readers``), so a TIFF or PNG reference and the prediction
-    made from its image share one grid and affine."""
-    path = Path(path)
-    if not path.is_file():
-        # A named pipe under a prediction's name would block the read forever.
-        raise CaseError(f"{path}: not a regular file")
-    if path.name.endswith((".nii", ".nii.gz")):
-        import nibabel
-
-        image = nibabel.load(path)
-        array = np.asanyarray(image.dataobj)
-        zooms = tuple(float(z) for z in image.header.get_zooms())
-        affine = np.asarray(image.affine, dtype=np.float64)
-    else:
-        from monai.data.utils import to_affine_nd
-        from monai.transforms import LoadImage
-
-        from medseg.datasets.headers import UnusableImageError, require_confined_data_file
-        from medseg.transforms.readers import image_readers
-
-        try:
-            require_confined_data_file(path)
-        except UnusableImageError as error:
-            raise CaseError(f"{path}: {error}") from None
-        image = LoadImage(reader=image_readers(), image_only=True, dtype=None)(str(path))
-        array = np.asarray(image.array)
-        zooms = tuple(float(z) for z in image.pixdim)
-        # A 2D image's 3x3 affine becomes the 4x4 one its NIfTI prediction stores.
-        affine = to_affine_nd(3, np.asarray(image.affine, dtype=np.float64))
-    while array.ndim > 2 and array.shape[-1] == 1:
-        array = array[..., 0]
-    return Volume(array, zooms[: min(array.ndim, 3)], affine)
 
 
 def evaluate(
@@ -335,7 +280,7 @@ def _pair_cases(
     """Predictions matched to references by case id, and the missing, extra and duplicate ones."""
     found: dict[str, list[Path]] = {}
     for path in sorted(pred_dir.iterdir()):
-        suffix = next((s for s in PREDICTION_SUFFIXES if path.name.endswith(s)), None)
+        suffix = next((s for s in LABEL_MAP_SUFFIXES if path.name.endswith(s)), None)
         # Dot files are atomic writers' temporaries (``medseg.files``), not predictions.
         if suffix is not None and path.is_file() and not path.name.startswith("."):
             found.setdefault(path.name[: -len(suffix)], []).append(path)
@@ -352,7 +297,7 @@ def _pair_cases(
         else:
             predictions[case_id] = paths[0]
     for case_id in sorted(set(references) - set(found)):
-        expected = pred_dir / f"{case_id}{PREDICTION_SUFFIXES[0]}"
+        expected = pred_dir / f"{case_id}{LABEL_MAP_SUFFIXES[0]}"
         problems.append(CaseProblem(case_id, expected, "missing prediction"))
     return predictions, problems
 
@@ -462,7 +407,7 @@ def _require_scoring_memory(path: Path) -> None:
     otherwise inflate to any size."""
     from medseg.pipelines.resources import available_memory
 
-    if not path.name.endswith((".nii", ".nii.gz")) or not path.is_file():
+    if not is_nifti_file(path) or not path.is_file():
         return
     import nibabel
 

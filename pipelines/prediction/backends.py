@@ -175,7 +175,7 @@ def prepare_network(
 def _runtime_network(
     config: ModelConfig, network: nn.Module, backend: str, prune_level: int | None
 ) -> RuntimeNetwork:
-    from medseg.pipelines.export import FILES, export_network
+    from medseg.pipelines.export.export import FILES, export_network
 
     folder = export_cache_dir() / export_key(config, network, prune_level)
     path = folder / FILES["onnx"]
@@ -197,7 +197,7 @@ def _check_against_torch(
     """Refuse (``ExportError``) a runtime whose logits on one random window differ from
     torch's by more than ``RUNTIME_TOLERANCE``: the export was checked with ONNX Runtime,
     this checks the runtime that will serve it."""
-    from medseg.pipelines.export import ExportError
+    from medseg.pipelines.export.export import ExportError
 
     generator = torch.Generator().manual_seed(0)
     window = torch.randn(
@@ -217,7 +217,7 @@ def _check_against_torch(
 def _onnxruntime_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime
 
-    from medseg.pipelines.preprocessing_json import INPUT_NAME, OUTPUT_NAME
+    from medseg.pipelines.export.preprocessing_json import INPUT_NAME, OUTPUT_NAME
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()

@@ -18,35 +18,38 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from medseg.datasets.base import Case, CaseProblem
 from medseg.datasets.dicom_tree import report_skipped_inputs, series_rules
+from medseg.datasets.image_io import KEPT_FORMATS, NIFTI_FILE_SUFFIXES, write_label_like
 from medseg.errors import CaseError, ConfigError
 from medseg.files import remove_stale_temporaries, require_outside, write_atomic, write_text_atomic
 from medseg.pipelines.case_locks import CaseLock, lock_path, try_lock
-from medseg.pipelines.cases import collect_cases
-from medseg.pipelines.clinical_outputs import CaseDescriber, merged_rows
-from medseg.pipelines.dicom_seg import seg_path, write_dicom_seg
 from medseg.pipelines.inference import resolve_device, resolve_precision
-from medseg.pipelines.label_files import write_label_files
 from medseg.pipelines.label_table import label_table, table_as_data
 from medseg.pipelines.model_dir import open_model
-from medseg.pipelines.output_formats import (
+from medseg.pipelines.prediction.cases import collect_cases
+from medseg.pipelines.prediction.clinical_outputs import CaseDescriber, merged_rows
+from medseg.pipelines.prediction.dicom_seg import seg_path, write_dicom_seg
+from medseg.pipelines.prediction.label_files import write_label_files
+from medseg.pipelines.prediction.output_formats import (
     OutputPlan,
     plan_outputs,
     require_output_format,
     seg_finished,
 )
-from medseg.pipelines.parts import Part
-from medseg.pipelines.segmenter import Segmentation, Segmenter
+from medseg.pipelines.prediction.parts import Part
+from medseg.pipelines.prediction.segmenter import Segmentation, Segmenter
+from medseg.pipelines.prediction.writers import finished_output, output_name
 from medseg.pipelines.statistics import statistics_csv
-from medseg.pipelines.writers import KEPT_FORMATS, finished_output, output_name, write_label_like
 
 if TYPE_CHECKING:
-    from medseg.pipelines.ray_predict import RayOptions
+    from medseg.pipelines.prediction.ray_predict import RayOptions
+
+Shared = TypeVar("Shared")
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +108,12 @@ def require_writable(folder: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".medseg-probe-"):
             pass
     except OSError as error:
-        raise ConfigError(f"{folder}: cannot write there ({error.strerror or error})") from None
+        raise ConfigError(f"{folder}: cannot write there ({error.strerror or error})") from error
 
 
-def shard(cases: list[Case]) -> tuple[list[Case], int, int]:
-    """This process's share of ``cases`` under ``torchrun`` (RANK, WORLD_SIZE), with both."""
+def shard(cases: list[Shared]) -> tuple[list[Shared], int, int]:
+    """This process's share of ``cases`` (or of any list) under ``torchrun`` (RANK,
+    WORLD_SIZE), with both."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     return cases[rank::world], rank, world
 
@@ -150,12 +154,11 @@ def predict(
     (``series_modalities`` and ``min_slices`` select their series: see ``series_rules``),
     with each segmented case's statistics, which ``statistics.csv``
     (``statistics.rank<R>.csv``) also holds; ``preview`` draws ``previews/<case_id>.png``
-    (``clinical_outputs``).
-    ``part`` takes one part of the sorted case list (its report is
-    ``predict_report.part-I-of-N.json``, see ``pipelines/parts.py``); ``ray`` segments on a
-    Ray cluster instead of in this process (see ``pipelines/ray_predict.py``). ``backend``
-    runs the windows on torch, ONNX Runtime or OpenVINO (``auto``: the fastest that agrees
-    with torch, see ``medseg.pipelines.backends``). Raises ``ConfigError`` for an unusable
+    (``clinical_outputs``). ``part`` takes one part of the sorted case list (its report is
+    ``predict_report.part-I-of-N.json``, see ``parts``); ``ray`` segments on a Ray cluster
+    instead of in this process (see ``ray_predict``). ``backend`` runs the windows on torch,
+    ONNX Runtime or OpenVINO (``auto``: the fastest that agrees with torch, see
+    ``backends``). Raises ``ConfigError`` for an unusable
     model, input, output folder or backend; per-case failures are in the report.
     """
     require_output_format(output_format)
@@ -183,7 +186,7 @@ def predict(
     describer = CaseDescriber.for_model(config, output_dir, preview)
     spatial_dims = config.preprocessing.spatial_dims
     names = (part.report_name(rank, world), part.report_name(rank, world, "statistics", ".csv"))
-    fields = {"rank": rank, "world_size": world, "part_id": part.part_id}
+    fields: dict[str, Any] = {"rank": rank, "world_size": world, "part_id": part.part_id}
     fields |= {"num_parts": part.num_parts, "cohort": sorted(cohort)}
     fields |= {
         "label_table": table_as_data(table),
@@ -193,10 +196,14 @@ def predict(
     }
     skipped_inputs = len(inputs_found.skipped)
     if ray is not None:
-        from medseg.pipelines.ray_predict import predict_on_ray
+        from medseg.pipelines.prediction.ray_predict import predict_on_ray
 
         del models
-        settings = {"overlap": overlap, "prune_level": prune_level, "device": device}
+        settings: dict[str, Any] = {
+            "overlap": overlap,
+            "prune_level": prune_level,
+            "device": device,
+        }
         settings |= {"precision": precision, "tta": tta, "skip_empty": skip_empty}
         settings |= {"apply_postprocessing": apply_postprocessing, "outputs": outputs}
         settings |= {"describer": describer, "backend": backend}
@@ -415,10 +422,10 @@ def _finished(case: Case, target: Path, save_probabilities: bool, outputs: Outpu
             shape = saved["probabilities"].shape
     except Exception:  # missing, truncated or foreign: make it again
         return False
-    from medseg.datasets.headers import inspect_image
+    from medseg.datasets.image_io import read_header
 
     grid = target if label_map else case.image[0]
-    return tuple(shape[1:]) == tuple(inspect_image(grid).shape)
+    return tuple(shape[1:]) == tuple(read_header(grid).shape)
 
 
 def _settle_busy_cases(report: PredictReport, cases: dict[str, Case], outputs: OutputPlan) -> None:
@@ -490,7 +497,7 @@ def _write(
 ) -> list[dict[str, Any]]:
     """Write the case's outputs; return its statistics rows."""
     reference = case.image[0]
-    kept = (".nii", ".nii.gz", *KEPT_FORMATS)
+    kept = (*NIFTI_FILE_SUFFIXES, *KEPT_FORMATS)
     label_map, dicom_seg = outputs.for_case(case)
     if dicom_seg:
         write_dicom_seg(
@@ -512,12 +519,13 @@ def _write(
         write_atomic(target, lambda path: nib.save(image, path))
     elif label_map:
         write_label_like(reference, result.labels, target, description=outputs.description)
-    if save_probabilities and result.probabilities is not None:
+    probabilities = result.probabilities
+    if save_probabilities and probabilities is not None:
         path = _probabilities_path(case, target)
         write_atomic(
             path,
             lambda temporary: np.savez_compressed(
-                temporary, probabilities=result.probabilities, affine=result.affine
+                temporary, probabilities=probabilities, affine=result.affine
             ),
         )
     return describer.describe(case, result.labels, result.affine)

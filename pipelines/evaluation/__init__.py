@@ -1,0 +1,1 @@
+"""Evaluation: predictions scored against references (the ``METRICS`` table)."""

@@ -1,0 +1,1 @@
+"""Export: TorchScript and ONNX files with the preprocessing they expect."""

@@ -1,0 +1,2 @@
+"""Prediction: cases found from inputs, segmented one at a time (``Segmenter``) and
+written on their input's grid."""

@@ -1,0 +1,2 @@
+"""Training: ``train`` runs a configured training (data, split, plan, epochs, model
+directory) and then the post-training steps its caller attaches."""
