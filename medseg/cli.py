@@ -366,13 +366,16 @@ def prune(
         typer.Option(min=0.0, help="Mean Dice the chosen level may lose against the deepest."),
     ] = 0.01,
     levels: Annotated[str | None, typer.Option(help="Levels to measure, e.g. 1,2,3,4.")] = None,
-    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per case and level.")] = 3,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per level.")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
     layout: Annotated[
         str | None, typer.Option(help="Layout of DATA (default: the model's).")
     ] = None,
     track: Annotated[bool, typer.Option(help="Log the table, plot and level to MLflow.")] = False,
+    windows: Annotated[
+        int, typer.Option(min=1, help="Windows drawn from the cases to time each level on.")
+    ] = 8,
 ) -> None:
     """Measure every UNet++ pruning level and write the smallest that keeps the Dice."""
     from medseg.pipelines.prune import parse_levels
@@ -390,6 +393,7 @@ def prune(
         precision=precision,
         layout=layout,
         show_progress=True,
+        windows=windows,
     )
     console = _console()
     console.print(pruning_table(result))
