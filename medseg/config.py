@@ -178,7 +178,10 @@ class TrainConfig(_Section):
     precision (``auto``: bf16 where supported, else fp16 with a gradient scaler; the CPU
     always runs fp32); ``early_stopping`` stops after that many validations without
     improvement; ``stages`` replaces ``epochs`` with a staged schedule; ``register_as`` names
-    the model in the MLflow registry; ``prune`` runs UNet++ level selection at the end.
+    the model in the MLflow registry; ``prune`` runs UNet++ level selection at the end;
+    ``val_max_windows`` bounds each validation's forwards (None: every case's full sliding
+    pass): a case whose pass needs more than its share is scored on that many fixed
+    windows, and the best checkpoint gets a full pass at the end (README, "Validation").
     """
 
     epochs: int = Field(100, ge=1)
@@ -196,6 +199,7 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     seed: int = 0
     val_every: int = Field(1, ge=1)
+    val_max_windows: int | None = Field(100, ge=1)
     early_stopping: int | None = Field(None, ge=1)
     iterations_per_epoch: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)

@@ -42,6 +42,7 @@ from medseg.pipelines.postprocess import Postprocessing
 from medseg.pipelines.resources import require_cache_memory
 from medseg.pipelines.tracking import Tracker
 from medseg.pipelines.trainer import BEST, LAST, Trainer
+from medseg.pipelines.validation import summarise
 from medseg.transforms.presets import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -250,6 +251,9 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
 
         outcome = trainer.run(state, tracker, on_best)
         if info.is_main:
+            if outcome["full_validation"]:
+                # the windowed Dice chose the checkpoint; the full passes describe it
+                _write_validation_csv(run_dir / "validation.csv", outcome["full_validation"])
             _finish(run_dir, config, outcome, tracker)
             if config.train.prune:
                 from medseg.pipelines.prune import prune_after_training
@@ -261,6 +265,9 @@ def _train_unlocked(config: Config, *, resume: bool, show_progress: bool) -> Tra
             best = [row for row in outcome["history"] if row["epoch"] == outcome["best_epoch"]]
             summary = {k: outcome[k] for k in ("best_metric", "best_epoch")}
             summary["validation"] = best[0] if best else {}
+            if outcome["full_validation"]:
+                names = list(index.labels.foreground)
+                summary["full_validation"] = summarise(outcome["full_validation"], names)
             write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=1))
     return TrainResult(
         run_dir=run_dir,

@@ -18,7 +18,7 @@ import torch
 
 from medseg.config import Config, config_to_dict, flatten
 from medseg.errors import TrainingError
-from medseg.pipelines.checkpoints import save_checkpoint
+from medseg.pipelines.checkpoints import load_checkpoint, save_checkpoint
 from medseg.pipelines.data import SeededDataset, cached_dataset, training_loader
 from medseg.pipelines.distributed import (
     ProcessInfo,
@@ -94,6 +94,7 @@ class Trainer:
         self.show_progress = show_progress and info.is_main
         self.scheme = index.labels
         self.names = list(self.scheme.foreground)
+        self.sampled_cases = 0
         torch.manual_seed(recipe.seed)
         self.network = build_from_config(model_config)
         if self.scheme.mode == "regions":
@@ -265,12 +266,15 @@ class Trainer:
             if (epoch + 1) % recipe.val_every == 0 or last:
                 improved = 0.0
                 if self.info.is_main:
-                    rows = validate(
+                    rows, self.sampled_cases = validate(
                         self.network,
                         self.val_loader,
                         self.scheme,
                         self.model_config.inference,
                         self.device,
+                        max_windows=recipe.val_max_windows,
+                        cases=len(self.val_loader),
+                        show_progress=self.show_progress,
                     )
                     metrics |= summarise(rows, self.names)
                     if metrics["val/dice_mean"] > best:
@@ -288,15 +292,52 @@ class Trainer:
             if recipe.early_stopping and stale >= recipe.early_stopping:
                 logger.info("early stop: no better validation Dice in %d validations", stale)
                 break
-        return {"history": history, "best_metric": best, "best_epoch": best_epoch, "rows": rows}
+        full_rows = None
+        if self.info.is_main and self.sampled_cases and best_epoch >= 0:
+            full_rows = self._full_validation()
+        return {
+            "history": history,
+            "best_metric": best,
+            "best_epoch": best_epoch,
+            "rows": full_rows or rows,
+            "full_validation": full_rows,
+        }
+
+    def _full_validation(self) -> list[dict[str, Any]]:
+        """Dice per case of the best checkpoint from full sliding-window passes, for a run
+        whose validations scored some cases on sample windows (``train.val_max_windows``);
+        the network is left holding the best weights."""
+        logger.info(
+            "full validation of the best checkpoint on %d case(s) (sliding window)",
+            len(self.val_loader),
+        )
+        best = load_checkpoint(self.run_dir / BEST)
+        load_weights(self.network, best["network"], self.run_dir / BEST)
+        rows, _ = validate(
+            self.network,
+            self.val_loader,
+            self.scheme,
+            self.model_config.inference,
+            self.device,
+            cases=len(self.val_loader),
+            show_progress=self.show_progress,
+        )
+        for row in rows:
+            logger.info(
+                "full validation %s: %s",
+                row["case"],
+                " ".join(f"{n} {row[n]:.3f}" for n in self.names),
+            )
+        return rows
 
     def _log_validation(self, epoch: int, metrics: dict[str, float], improved: float) -> None:
         logger.info(
-            "epoch %d/%d  loss %.4f  val dice %s  mean %.4f%s",
+            "epoch %d/%d  loss %.4f  val dice %s  mean %.4f%s%s",
             epoch + 1,
             self.recipe.total_epochs,
             metrics["train/loss"],
             " ".join(f"{n} {metrics[f'val/dice/{n}']:.3f}" for n in self.names),
             metrics["val/dice_mean"],
+            f"  ({self.sampled_cases} case(s) on sample windows)" if self.sampled_cases else "",
             "  (best)" if improved else "",
         )
