@@ -199,7 +199,7 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     seed: int = 0
     val_every: int = Field(1, ge=1)
-    val_max_windows: int | None = Field(100, ge=1)
+    val_max_windows: int | None = Field(200, ge=1)
     early_stopping: int | None = Field(None, ge=1)
     iterations_per_epoch: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
