@@ -266,6 +266,13 @@ def predict(
         bool, typer.Option(help="Also write <case>_probabilities.npz (float16).")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo cases whose output exists.")] = False,
+    coarse_to_fine: Annotated[
+        bool | None,
+        typer.Option(
+            help="Find the foreground on a downsampled pass, then segment only around it "
+            "(default: the model's infer.coarse_to_fine)."
+        ),
+    ] = None,
 ) -> None:
     """Segment volumes onto their own grid; exit 1 when some cases failed."""
     from medseg.pipelines.predict import predict as run_prediction
@@ -283,6 +290,7 @@ def predict(
         apply_postprocessing=postprocess,
         save_probabilities=save_probabilities,
         overwrite=overwrite,
+        coarse_to_fine=coarse_to_fine,
     )
     done = [c for c in report.cases if c.status == "done"]
     skipped = sum(c.status == "skipped" for c in report.cases)

@@ -226,12 +226,17 @@ class TrainConfig(_Section):
 
 
 class InferConfig(_Section):
-    """Sliding-window inference, shared by validation and ``medseg predict``."""
+    """Sliding-window inference, shared by validation and ``medseg predict``;
+    ``coarse_to_fine`` (with ``coarse_factor`` and ``coarse_margin_mm``) makes the model
+    predict coarse to fine by default (``medseg predict --coarse-to-fine``)."""
 
     overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = Field(2, ge=1)
     mode: Literal["gaussian", "constant"] = "gaussian"
     tta: bool = False
+    coarse_to_fine: bool = False
+    coarse_factor: int = Field(2, ge=2)
+    coarse_margin_mm: float = Field(10.0, ge=0)
 
 
 class PostprocessConfig(_Section):

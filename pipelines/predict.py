@@ -110,6 +110,7 @@ def predict(
     save_probabilities: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
+    coarse_to_fine: bool | None = None,
 ) -> PredictReport:
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
@@ -117,8 +118,9 @@ def predict(
     in the dataset's label values on the input's exact grid; with ``save_probabilities``
     also ``<case_id>_probabilities.npz`` (float16 ``(C, *spatial)``, channel names,
     affine). ``predict_report.json`` (``predict_report.rank<R>.json`` under torchrun) lists
-    every case. Raises ``ConfigError`` for an unusable model, input or output folder;
-    per-case failures are in the report.
+    every case. ``coarse_to_fine`` (None: the model's ``inference.coarse_to_fine``) runs the
+    full-resolution windows only around a coarse pass's foreground. Raises ``ConfigError``
+    for an unusable model, input or output folder; per-case failures are in the report.
     """
     models = open_models(str(model))
     config = models[0][0]
@@ -139,6 +141,7 @@ def predict(
         precision=resolve_precision(precision, target_device),
         skip_empty=skip_empty,
         apply_postprocessing=apply_postprocessing,
+        coarse_to_fine=coarse_to_fine,
     )
     # The segmenter holds the networks it runs (on the CPU, channels-last copies); the loaded
     # ones need not stay in memory beside them.

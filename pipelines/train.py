@@ -99,6 +99,9 @@ def _model_config(
         overlap=config.infer.overlap,
         sw_batch_size=config.infer.sw_batch_size,
         mode=config.infer.mode,
+        coarse_to_fine=config.infer.coarse_to_fine,
+        coarse_factor=config.infer.coarse_factor,
+        coarse_margin_mm=config.infer.coarse_margin_mm,
     )
     from medseg.pipelines.provenance import dataset_fingerprint, git_commit
 
