@@ -38,17 +38,18 @@ def sliding_window_count(spatial: Sequence[int], roi: Sequence[int], overlap: fl
 def window_starts(
     label: torch.Tensor, roi: Sequence[int], count: int, seed: int
 ) -> list[tuple[int, ...]]:
-    """``count`` window corners in a case of ``label`` ``(1, *spatial)`` (any dtype, 0 is
-    background), drawn with ``numpy.random.default_rng(seed)``: every other window is
-    centred on a foreground voxel (as training samples half its patches), the rest are
+    """``count`` window corners in a case of ``label`` ``(C, *spatial)`` (a class index map
+    or one mask per region; any dtype, 0 is background), drawn with
+    ``numpy.random.default_rng(seed)``: every other window is centred on a voxel of any
+    foreground (as training samples half its patches), the rest are
     placed uniformly; every window lies inside the image on axes at least ``roi`` long
     (corner 0 on shorter ones)."""
     rng = np.random.default_rng(seed)
     spatial = label.shape[1:]
-    foreground = torch.nonzero(label[0] != 0)
+    foreground = torch.nonzero((label != 0).any(0))
+    highest = [max(size - window, 0) for size, window in zip(spatial, roi, strict=True)]
     starts = []
     for index in range(count):
-        highest = [max(size - window, 0) for size, window in zip(spatial, roi, strict=True)]
         if index % 2 == 0 and len(foreground):
             centre = foreground[int(rng.integers(len(foreground)))].tolist()
             corner = [c - window // 2 for c, window in zip(centre, roi, strict=True)]

@@ -39,13 +39,14 @@ def test_window_count_is_monais(spatial, roi, overlap):
 
 
 def test_sample_windows_are_fixed_inside_and_half_on_the_foreground():
-    label = torch.zeros(1, 40, 30, 20)
-    label[0, 30:34, 5:8, 2:4] = 1
+    # one mask per region, the foreground in the last region only
+    label = torch.zeros(3, 40, 30, 20)
+    label[2, 30:34, 5:8, 2:4] = 1
     starts = window_starts(label, [16, 16, 16], 6, seed=3)
     assert starts == window_starts(label, [16, 16, 16], 6, seed=3)
     for index, start in enumerate(starts):
         assert all(0 <= s <= size - 16 for s, size in zip(start, (40, 30, 20), strict=True))
-        window = label[(0, *(slice(s, s + 16) for s in start))]
+        window = label[(slice(None), *(slice(s, s + 16) for s in start))]
         if index % 2 == 0:
             assert window.any()
 
