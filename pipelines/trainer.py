@@ -321,13 +321,8 @@ class Trainer:
             self.device,
             cases=len(self.val_loader),
             show_progress=self.show_progress,
+            log_cases=True,
         )
-        for row in rows:
-            logger.info(
-                "full validation %s: %s",
-                row["case"],
-                " ".join(f"{n} {row[n]:.3f}" for n in self.names),
-            )
         return rows
 
     def _log_validation(self, epoch: int, metrics: dict[str, float], improved: float) -> None:

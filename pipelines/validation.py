@@ -105,6 +105,7 @@ def validate(
     max_windows: int | None = None,
     cases: int = 1,
     show_progress: bool = False,
+    log_cases: bool = False,
 ) -> tuple[list[dict[str, Any]], int]:
     """Dice per case and structure on preprocessed validation volumes.
 
@@ -115,7 +116,8 @@ def validate(
     position, so every validation of a run scores the same voxels), on the windows' voxels
     together. Returns one row per case, ``{"case": id, <structure name>: dice, ...}``, and
     the number of cases scored on windows; an empty reference scores 1 when the prediction
-    is empty too and 0 otherwise (never NaN).
+    is empty too and 0 otherwise (never NaN). A bar counts the cases (``show_progress``);
+    each case's time and Dice is logged at INFO with ``log_cases``, else at DEBUG.
     """
     from medseg.pipelines.progress import task_progress
 
@@ -153,8 +155,14 @@ def validate(
                     {"case": case_id} | {n: float(dice[index, k]) for k, n in enumerate(names)}
                 )
                 advance(case_id)
-            logger.debug(
-                "validated %s in %.1f s", ", ".join(batch["id"]), time.perf_counter() - started
+            logger.log(
+                logging.INFO if log_cases else logging.DEBUG,
+                "validated %s (%d/%d) in %.1f s: %s",
+                ", ".join(batch["id"]),
+                position + 1,
+                cases,
+                time.perf_counter() - started,
+                " ".join(f"{n} {rows[-1][n]:.3f}" for n in names),
             )
     return rows, sampled
 

@@ -114,6 +114,7 @@ def test_training_scores_windows_then_the_best_checkpoint_in_full(tmp_path, capl
         result = train(config, show_progress=False)
     assert "on sample windows" in caplog.text
     assert "full validation of the best checkpoint" in caplog.text
+    assert "validated " in caplog.text
     summary = json.loads((result.run_dir / "training_summary.json").read_text())
     assert "val/dice_mean" in summary["full_validation"]
     with (result.run_dir / "validation.csv").open(newline="") as handle:
