@@ -90,17 +90,20 @@ def choose_level(dice_means: dict[int, float], tolerance: float) -> int:
     return min(level for level, dice in dice_means.items() if dice >= reference - tolerance)
 
 
-def window_flops(network: UNetPlusPlus, config: ModelConfig, level: int) -> int:
-    """FLOPs (2 per multiply-add) of one forward of ``network`` (in eval mode) at ``level``
+def window_flops(config: ModelConfig, level: int) -> int:
+    """FLOPs (2 per multiply-add) of one forward of the network ``config`` describes at ``level``
     over one window ``(1, C_in, *roi_size)``, as ``torch.utils.flop_counter.FlopCounterMode``
     counts them (convolutions and matrix products; norms and activations are not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    device = next(network.parameters()).device
-    window = torch.zeros(1, config.network.in_channels, *config.inference.roi_size, device=device)
+    # Counted on the meta device: the count follows from the shapes alone, and a real
+    # forward of a full-size window per level would cost as much as timing it.
+    with torch.device("meta"):
+        shadow = build_from_config(config).eval()
+        window = torch.zeros(1, config.network.in_channels, *config.inference.roi_size)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        network(window, prune_level=level)
+        shadow(window, prune_level=level)
     return int(counter.get_total_flops())
 
 
@@ -207,7 +210,7 @@ def prune(
     in ``layout`` (default: the model's). ``tolerance`` is in Dice units (0.01 = one point);
     ``levels`` default to all the model's levels. Dice is scored on every case, all levels
     from one sliding pass per case; each level's time per window is the median of
-    ``repeats`` timed runs (after an untimed one) over ``windows`` windows drawn from the
+    ``repeats`` timed runs (after an untimed batch) over ``windows`` windows drawn from the
     cases, and its time per case that times the windows a case needs; all on ``device`` at
     ``precision`` (as ``medseg predict`` takes them). Returns the ``PruneResult``. Raises
     ``ConfigError`` for a model that is not UNet++ or lacks a requested level, or for data
@@ -304,7 +307,7 @@ def _prune(
             LevelMeasurement(
                 level=level,
                 parameters=network.level_parameter_count(level),
-                flops=window_flops(network, config, level),
+                flops=window_flops(config, level),
                 seconds_per_case=per_window[level] * windows_per_prediction,
                 dice={name: summary[f"val/dice/{name}"] for name in names},
                 dice_mean=summary["val/dice_mean"],

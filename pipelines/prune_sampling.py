@@ -105,26 +105,27 @@ def seconds_per_window(
     slice_wise: bool = False,
 ) -> dict[int, float]:
     """Median seconds of one window's forward per level: ``windows`` ``(N, C, *window)`` run
-    in batches of ``batch_size`` as a sliding pass runs them, once untimed per level (caches,
-    allocators) and then ``repeats`` timed times, the level order alternating between
-    repeats so that a drift in machine load touches every level alike."""
+    in batches of ``batch_size`` as a sliding pass runs them, one batch of each shape untimed
+    per level (caches, allocators) and then all ``repeats`` timed times, the level order
+    alternating between repeats so that a drift in machine load touches every level alike."""
     predictor = WindowPredictor(network, slice_wise=slice_wise, precision=precision)
     batches = [windows[i : i + batch_size].to(device) for i in range(0, len(windows), batch_size)]
 
-    def run(level: int) -> float:
+    def run(level: int, chosen: list[torch.Tensor]) -> float:
         started = time.perf_counter()
-        for batch in batches:
+        for batch in chosen:
             predictor(batch, prune_level=level)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - started
 
     for level in levels:
-        run(level)
+        # one batch of each shape the timed runs meet sets up their kernels and buffers
+        run(level, list({tuple(batch.shape): batch for batch in batches}.values()))
     times: dict[int, list[float]] = {level: [] for level in levels}
     for repeat in range(repeats):
         for level in levels if repeat % 2 == 0 else list(levels)[::-1]:
-            times[level].append(run(level))
+            times[level].append(run(level, batches))
     return {level: statistics.median(values) / len(windows) for level, values in times.items()}
 
 
