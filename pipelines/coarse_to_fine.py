@@ -6,8 +6,9 @@ per axis (``factor**3`` fewer voxels and windows in 3D): it works for every netw
 only UNet++, and it only has to place a box, which the margin and whole windows widen.
 The fine pass runs exactly the full pass's windows that touch the box (the crop is aligned
 to the full pass's window grid), so inside the box the probabilities equal the full pass's.
-When the coarse pass finds nothing, or the fine foreground reaches the crop's inner edge
-(the structure goes on beyond the box), the full pass runs instead.
+Specks much smaller than the largest structure found are left out of the box and of the
+edge check. When the coarse pass finds nothing, or the fine foreground reaches the crop's
+inner edge (the structure goes on beyond the box), the full pass runs instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +48,20 @@ def foreground_mask(probability: torch.Tensor, scheme: LabelScheme) -> torch.Ten
     if scheme.mode == "regions":
         return (probability > 0.5).any(0)
     return probability.argmax(0) != 0
+
+
+def main_components(mask: torch.Tensor, share: float = 0.1) -> torch.Tensor:
+    """``mask`` (boolean) without the connected components smaller than ``share`` of the
+    largest: a stray false-positive speck would otherwise stretch the box over the volume
+    (one structure or several of a similar size, such as two kidneys, are kept)."""
+    from scipy import ndimage
+
+    components, count = ndimage.label(mask.numpy())
+    if count <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())[1:]
+    kept = np.flatnonzero(sizes >= share * sizes.max()) + 1
+    return torch.from_numpy(np.isin(components, kept))
 
 
 def background(channels: int, spatial: Sequence[int], scheme: LabelScheme) -> torch.Tensor:
@@ -130,13 +146,15 @@ class CoarseToFine:
         image's voxel size in mm per axis."""
         plain = image.as_tensor() if hasattr(image, "as_tensor") else image
         spatial = tuple(plain.shape[2:])
-        coarse = foreground_mask(predict(self.downsample(plain, window)), scheme)
+        coarse = main_components(foreground_mask(predict(self.downsample(plain, window)), scheme))
         region = self.crop(coarse, spatial, spacing, window, overlap)
         if region is None:
             logger.info("coarse-to-fine: the coarse pass found no foreground; full pass")
             return predict(image), None
         fine = predict(plain[(slice(None), slice(None), *region.crop)])
-        if _reaches_inner_edge(foreground_mask(fine, scheme), region.crop, spatial):
+        if _reaches_inner_edge(
+            main_components(foreground_mask(fine, scheme)), region.crop, spatial
+        ):
             logger.info("coarse-to-fine: the foreground reaches the box's edge; full pass")
             return predict(image), None
         share = math.prod(r.stop - r.start for r in region.crop) / math.prod(spatial)

@@ -108,3 +108,15 @@ def test_predict_coarse_to_fine_writes_a_label_map_on_the_input_grid(
     source = nib.load(volume)
     assert written.shape == source.shape
     np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
+
+
+def test_a_stray_speck_does_not_stretch_the_box():
+    from medseg.pipelines.coarse_to_fine import main_components
+
+    mask = torch.zeros(30, 30, 30, dtype=torch.bool)
+    mask[2:8, 2:8, 2:8] = True  # one structure
+    mask[20:25, 20:26, 20:26] = True  # another of a similar size
+    mask[28, 28, 0] = True  # a false-positive speck
+    kept = main_components(mask)
+    assert kept[2:8, 2:8, 2:8].all() and kept[20:25, 20:26, 20:26].all()
+    assert not kept[28, 28, 0]
