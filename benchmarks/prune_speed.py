@@ -155,7 +155,7 @@ def main() -> None:
     )
     parser.add_argument("--preset", default="tiny", help="3D UNet++ preset for medseg prune")
     window_arguments(parser, overlap=0.25)
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per case and level")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per level")
     parser.add_argument("--batch", type=int, default=8, help="96x96 patches per 2D forward")
     args = parser.parse_args()
     if args.quick:
@@ -170,7 +170,7 @@ def main() -> None:
     shape = "x".join(map(str, args.shape))
     print(
         f"### `medseg prune`: 3D UNet++ {args.preset}, {args.cases} BraTS case(s) of 4x{shape}, "
-        f"roi {args.roi}^3, overlap {args.overlap}, {args.repeats} timed run(s) per case\n"
+        f"roi {args.roi}^3, overlap {args.overlap}, {args.repeats} timed run(s) per level\n"
     )
     text, verdicts = table(rows, "s/case")
     print(text + "\n")

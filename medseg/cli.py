@@ -317,6 +317,13 @@ def predict(
             "fastest measured to agree with torch for this network)."
         ),
     ] = "auto",
+    coarse_to_fine: Annotated[
+        bool | None,
+        typer.Option(
+            help="Find the foreground on a downsampled pass, then segment only around it "
+            "(default: the model's infer.coarse_to_fine)."
+        ),
+    ] = None,
 ) -> None:
     """Segment volumes onto their own grid, with statistics.csv; exit 1 when some cases
     failed."""
@@ -350,6 +357,7 @@ def predict(
         ray=ray_options,
         preview=preview,
         backend=backend,
+        coarse_to_fine=coarse_to_fine,
     )
     done = [c for c in report.cases if c.status == "done"]
     skipped = sum(c.status == "skipped" for c in report.cases)
@@ -437,13 +445,16 @@ def prune(
         typer.Option(min=0.0, help="Mean Dice the chosen level may lose against the deepest."),
     ] = 0.01,
     levels: Annotated[str | None, typer.Option(help="Levels to measure, e.g. 1,2,3,4.")] = None,
-    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per case and level.")] = 3,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per level.")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
     layout: Annotated[
         str | None, typer.Option(help="Layout of DATA (default: the model's).")
     ] = None,
     track: Annotated[bool, typer.Option(help="Log the table, plot and level to MLflow.")] = False,
+    windows: Annotated[
+        int, typer.Option(min=1, help="Windows drawn from the cases to time each level on.")
+    ] = 8,
 ) -> None:
     """Measure every UNet++ pruning level and write the smallest that keeps the Dice."""
     from medseg.pipelines.pruning.prune import parse_levels
@@ -461,6 +472,7 @@ def prune(
         precision=precision,
         layout=layout,
         show_progress=True,
+        windows=windows,
     )
     console = _console()
     console.print(pruning_table(result))

@@ -206,6 +206,9 @@ class TrainConfig(_Section):
     the model in the MLflow registry; ``prune`` runs UNet++ level selection at the end;
     ``init_from`` starts from a medseg model (directory, run, package, URI) or a local file
     of pretrained weights in a layout ``medseg.pipelines.training.weight_layouts`` reads.
+    ``val_max_windows`` bounds each validation's forwards (None: every case's full sliding
+    pass): a case whose pass needs more than its share is scored on that many fixed
+    windows, and the best checkpoint gets a full pass at the end (README, "Validation").
     """
 
     epochs: int = Field(100, ge=1)
@@ -223,6 +226,7 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     seed: int = 0
     val_every: int = Field(1, ge=1)
+    val_max_windows: int | None = Field(200, ge=1)
     early_stopping: int | None = Field(None, ge=1)
     iterations_per_epoch: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -250,12 +254,17 @@ class TrainConfig(_Section):
 
 
 class InferConfig(_Section):
-    """Sliding-window inference, shared by validation and ``medseg predict``."""
+    """Sliding-window inference, shared by validation and ``medseg predict``;
+    ``coarse_to_fine`` (with ``coarse_factor`` and ``coarse_margin_mm``) makes the model
+    predict coarse to fine by default (``medseg predict --coarse-to-fine``)."""
 
     overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = Field(2, ge=1)
     mode: Literal["gaussian", "constant"] = "gaussian"
     tta: bool = False
+    coarse_to_fine: bool = False
+    coarse_factor: int = Field(2, ge=2)
+    coarse_margin_mm: float = Field(10.0, ge=0)
 
 
 class PostprocessConfig(_Section):

@@ -61,10 +61,11 @@ class UNetPlusPlus(nn.Module):
             ``[[2, 2, 1], [2, 2, 2], ...]`` for thick slices, as nnU-Net plans anisotropic
             pooling; None pools every axis by 2 at every depth (the paper).
 
-    ``forward(x, prune_level=None)`` maps ``(B, C_in, *spatial)`` (float32, each spatial
-    size divisible by the product of its strides up to ``level``, 2**level by default) to
-    logits ``(B, C_out, *spatial)``; in training mode with deep supervision, to a list
-    ``[head_L, head_{L-1}, ..., head_1]``.
+    ``forward(x, prune_level=None, every_head=False)`` maps ``(B, C_in, *spatial)`` (float32,
+    each spatial size divisible by the product of its strides up to ``level``, 2**level by
+    default) to logits ``(B, C_out, *spatial)``; in training mode with deep supervision, or
+    with ``every_head``, to a list ``[head_L, head_{L-1}, ..., head_1]``: head k of one
+    level-L forward equals a level-k forward, since the nodes it needs are the same.
     """
 
     def __init__(
@@ -129,7 +130,7 @@ class UNetPlusPlus(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, prune_level: int | None = None
+        self, x: torch.Tensor, prune_level: int | None = None, every_head: bool = False
     ) -> torch.Tensor | list[torch.Tensor]:
         """Run the nodes with i + j <= level and return head ``level`` (see class doc)."""
         level = self.levels if prune_level is None else prune_level
@@ -156,7 +157,7 @@ class UNetPlusPlus(nn.Module):
                 outputs[(depth_index, position)] = self.nodes[name](
                     torch.cat([*same_level, upsampled], dim=1)
                 )
-        if self.training and self.deep_supervision:
+        if every_head or (self.training and self.deep_supervision):
             return [self.heads[j - 1](outputs[(0, j)]) for j in range(level, 0, -1)]
         return self.heads[level - 1](outputs[(0, level)])
 

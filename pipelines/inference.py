@@ -137,6 +137,12 @@ class WindowPredictor(nn.Module):
         return torch.stack(outputs)
 
 
+def window_shape(roi_size: Sequence[int], spatial_dims: int) -> list[int]:
+    """The window a sliding pass cuts from an image of ``spatial_dims`` axes: ``roi_size``,
+    plus one slice when a 2D network runs slice by slice on a volume."""
+    return [*roi_size, 1] if spatial_dims == len(roi_size) + 1 else list(roi_size)
+
+
 @torch.inference_mode()
 def sliding_window_predict(
     network: nn.Module,

@@ -73,12 +73,17 @@ class NetworkSpec(_Strict):
 
 
 class InferenceSpec(_Strict):
-    """Sliding-window settings: window size (voxels), overlap, window batch, blending."""
+    """Sliding-window settings: window size (voxels), overlap, window batch, blending, and
+    coarse-to-fine inference (``pipelines/prediction/coarse_to_fine.py``): on, the coarse pass's
+    downsampling factor and the margin around its foreground (mm)."""
 
     roi_size: list[int]
     overlap: float = Field(0.5, ge=0, lt=1)
     sw_batch_size: int = Field(2, ge=1)
     mode: Literal["gaussian", "constant"] = "gaussian"
+    coarse_to_fine: bool = False
+    coarse_factor: int = Field(2, ge=2)
+    coarse_margin_mm: float = Field(10.0, ge=0)
 
     @field_validator("roi_size")
     @classmethod

@@ -140,6 +140,7 @@ def predict(
     ray: RayOptions | None = None,
     preview: bool = False,
     backend: str = "auto",
+    coarse_to_fine: bool | None = None,
 ) -> PredictReport:
     """Segment every case named by ``inputs`` into ``output_dir``; write the report.
 
@@ -158,7 +159,9 @@ def predict(
     ``predict_report.part-I-of-N.json``, see ``parts``); ``ray`` segments on a Ray cluster
     instead of in this process (see ``ray_predict``). ``backend`` runs the windows on torch,
     ONNX Runtime or OpenVINO (``auto``: the fastest that agrees with torch, see
-    ``backends``). Raises ``ConfigError`` for an unusable
+    ``backends``). ``coarse_to_fine`` (None: the model's ``inference.coarse_to_fine``) runs
+    the full-resolution windows only around a coarse pass's foreground. Raises
+    ``ConfigError`` for an unusable
     model, input, output folder or backend; per-case failures are in the report.
     """
     require_output_format(output_format)
@@ -207,6 +210,7 @@ def predict(
         settings |= {"precision": precision, "tta": tta, "skip_empty": skip_empty}
         settings |= {"apply_postprocessing": apply_postprocessing, "outputs": outputs}
         settings |= {"describer": describer, "backend": backend}
+        settings |= {"coarse_to_fine": coarse_to_fine}
         settings |= {"save_probabilities": save_probabilities, "overwrite": overwrite}
         report = start_report(str(model), problems, skipped_inputs)
         todo = pending_cases(
@@ -226,6 +230,7 @@ def predict(
         skip_empty=skip_empty,
         apply_postprocessing=apply_postprocessing,
         backend=backend,
+        coarse_to_fine=coarse_to_fine,
     )
     # The segmenter holds the networks it runs (on the CPU, channels-last copies); the loaded
     # ones need not stay in memory beside them.

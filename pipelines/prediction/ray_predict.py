@@ -94,8 +94,8 @@ class CaseWorker:
 
     ``model`` is a model spec as ``predict`` takes it; ``settings`` holds ``predict``'s
     keyword arguments (overlap, prune_level, device, precision, tta, skip_empty,
-    apply_postprocessing, save_probabilities, overwrite, backend), ``outputs`` (the run's
-    ``OutputPlan``) and ``describer`` (its ``CaseDescriber``).
+    apply_postprocessing, save_probabilities, overwrite, backend, coarse_to_fine),
+    ``outputs`` (the run's ``OutputPlan``) and ``describer`` (its ``CaseDescriber``).
     """
 
     def __init__(self, model: str, settings: dict[str, Any]) -> None:
@@ -115,6 +115,7 @@ class CaseWorker:
             skip_empty=settings["skip_empty"],
             apply_postprocessing=settings["apply_postprocessing"],
             backend=settings["backend"],
+            coarse_to_fine=settings["coarse_to_fine"],
         )
         self.writer = ThreadPoolExecutor(1)
 

@@ -17,9 +17,10 @@ import torch
 from medseg.datasets.base import Case
 from medseg.errors import CaseError, ConfigError
 from medseg.networks import abilities, as_prunable
-from medseg.pipelines.inference import WindowCount, sliding_window_predict
+from medseg.pipelines.inference import WindowCount, sliding_window_predict, window_shape
 from medseg.pipelines.model_dir import ModelConfig
 from medseg.pipelines.prediction.backends import prepare_network
+from medseg.pipelines.prediction.coarse_to_fine import CoarseToFine
 from medseg.pipelines.prediction.postprocess import postprocess
 from medseg.pipelines.resources import inversion_groups
 from medseg.transforms.labels import probabilities
@@ -79,6 +80,8 @@ class Segmenter:
         backend: where windows run on the CPU (``torch``, ``onnxruntime``, ``openvino``
             or ``auto``; see ``medseg.pipelines.prediction.backends``).
         apply_postprocessing: apply the model's post-processing rules.
+        coarse_to_fine: localise on a downsampled pass first (None: the model's
+            ``inference.coarse_to_fine``); see ``pipelines/prediction/coarse_to_fine.py``.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Segmenter:
         skip_empty: bool = True,
         apply_postprocessing: bool = True,
         backend: str = "torch",
+        coarse_to_fine: bool | None = None,
     ) -> None:
         from monai.transforms import Invertd
 
@@ -127,6 +131,10 @@ class Segmenter:
         self.precision = precision
         self.skip_empty = skip_empty
         self.apply_postprocessing = apply_postprocessing
+        inference = self.config.inference
+        self.coarse_to_fine = None
+        if inference.coarse_to_fine if coarse_to_fine is None else coarse_to_fine:
+            self.coarse_to_fine = CoarseToFine(inference.coarse_factor, inference.coarse_margin_mm)
         self.transform = inference_transforms(self.config.preprocessing)
         self.invert = Invertd("pred", self.transform, orig_keys="image", nearest_interp=False)
 
@@ -242,7 +250,17 @@ class Segmenter:
 
         count = WindowCount()
         image = data["image"]
-        probability = self._mean_probabilities(image[None], count)
+        if self.coarse_to_fine is None:
+            probability = self._mean_probabilities(image[None], count)
+        else:
+            probability, _ = self.coarse_to_fine.probabilities(
+                image[None],
+                lambda part: self._mean_probabilities(part, count),
+                self.scheme,
+                window_shape(self.config.inference.roi_size, image.ndim - 1),
+                self.overlap,
+                [float(mm) for mm in image.pixdim],
+            )
         # Invertd needs the image's metadata and transform trace, not its voxels.
         data = {
             "image": MetaTensor(

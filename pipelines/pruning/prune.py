@@ -11,15 +11,17 @@ the preprocessed volume, in the network's output space, against the preprocessed
 The full predict path (inversion to the input grid, painting labels, ``case_metrics``)
 would add the same level-independent steps to every level and resample both masks; the
 choice between levels depends only on the network's output, and this way it is the same
-number the training run selected its checkpoint on. Time per case is the sliding-window
-inference alone, since it is the only step whose cost depends on the level.
+number the training run selected its checkpoint on. All levels' Dice come from one sliding
+pass per case (``prune_sampling.py``). Time per case is the network's forward over the
+windows a prediction of the case computes, the only cost that depends on the level: each
+level is timed per window on a fixed sample of windows drawn from the cases, so the timing
+costs the same however many and however large the cases are.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +36,10 @@ from medseg.networks.inference_layout import inference_network
 from medseg.networks.unetpp import UNetPlusPlus
 from medseg.pipelines.inference import (
     PRECISIONS,
+    WindowCount,
     resolve_device,
     resolve_precision,
-    sliding_window_predict,
+    window_shape,
 )
 from medseg.pipelines.model_dir import ModelConfig, build_from_config, open_model, save_model_dir
 from medseg.pipelines.pruning.prune_report import (
@@ -45,6 +48,12 @@ from medseg.pipelines.pruning.prune_report import (
     plot_pruning,
     track_pruning,
     write_table,
+)
+from medseg.pipelines.pruning.prune_sampling import (
+    level_logits,
+    sample_windows,
+    seconds_per_window,
+    windows_per_case,
 )
 from medseg.pipelines.tracking import Tracker
 from medseg.pipelines.validation import dice_rows, summarise
@@ -55,6 +64,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Windows each level is timed on: enough for a stable median, few enough that the timing
+# costs less than one sliding pass over a few full-size volumes.
+SAMPLE_WINDOWS = 8
 TABLE_FILE = "pruning.csv"
 PLOT_FILE = "pruning.png"
 MODEL_FOLDER = "model"
@@ -80,17 +92,20 @@ def choose_level(dice_means: dict[int, float], tolerance: float) -> int:
     return min(level for level, dice in dice_means.items() if dice >= reference - tolerance)
 
 
-def window_flops(network: UNetPlusPlus, config: ModelConfig, level: int) -> int:
-    """FLOPs (2 per multiply-add) of one forward of ``network`` (in eval mode) at ``level``
+def window_flops(config: ModelConfig, level: int) -> int:
+    """FLOPs (2 per multiply-add) of one forward of the network ``config`` describes at ``level``
     over one window ``(1, C_in, *roi_size)``, as ``torch.utils.flop_counter.FlopCounterMode``
     counts them (convolutions and matrix products; norms and activations are not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    device = next(network.parameters()).device
-    window = torch.zeros(1, config.network.in_channels, *config.inference.roi_size, device=device)
+    # Counted on the meta device: the count follows from the shapes alone, and a real
+    # forward of a full-size window per level would cost as much as timing it.
+    with torch.device("meta"):
+        shadow = build_from_config(config).eval()
+        window = torch.zeros(1, config.network.in_channels, *config.inference.roi_size)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        network(window, prune_level=level)
+        shadow(window, prune_level=level)
     return int(counter.get_total_flops())
 
 
@@ -121,41 +136,20 @@ def _measure_case(
     config: ModelConfig,
     case: Case,
     levels: list[int],
-    repeats: int,
     device: torch.device,
     precision: torch.dtype | None,
-) -> tuple[dict[int, dict[str, Any]], dict[int, float]]:
-    """Dice row and median inference seconds per level for one case."""
+) -> tuple[dict[int, dict[str, Any]], int, torch.Tensor]:
+    """One case: its Dice row per level (one sliding pass gives every level), the number of
+    windows a prediction of it computes (constant ones reused), and its preprocessed image
+    ``(C, *spatial)`` for the timing sample."""
     scheme = config.scheme
     data = validation_transforms(config.preprocessing, scheme)(case.as_dict())
-    image, labels = data["image"][None], data["label"][None]
-    inference = config.inference
-
-    def run(level: int) -> torch.Tensor:
-        return sliding_window_predict(
-            network,
-            image,
-            roi_size=inference.roi_size,
-            overlap=inference.overlap,
-            sw_batch_size=inference.sw_batch_size,
-            mode=inference.mode,
-            device=device,
-            precision=precision,
-            # As ``medseg predict`` runs; reusing empty windows leaves the output unchanged.
-            skip_empty=True,
-            prune_level=level,
-        )
-
-    # The untimed first pass gives the Dice and warms caches and allocators for the timing.
-    rows = {level: dice_rows(run(level), labels, [case.id], scheme)[0] for level in levels}
-    times: dict[int, list[float]] = {level: [] for level in levels}
-    for repeat in range(repeats):
-        # Alternating the order cancels a slow drift in machine load between levels.
-        for level in levels if repeat % 2 == 0 else levels[::-1]:
-            started = time.perf_counter()
-            run(level)
-            times[level].append(time.perf_counter() - started)
-    return rows, {level: statistics.median(values) for level, values in times.items()}
+    image = data["image"][None]
+    count = WindowCount()
+    logits = level_logits(network, image, levels, config.inference, device, precision, count)
+    labels = data["label"][None]
+    rows = {level: dice_rows(logits[level], labels, [case.id], scheme)[0] for level in levels}
+    return rows, count.windows - count.skipped, image[0]
 
 
 @dataclass(frozen=True)
@@ -166,6 +160,7 @@ class _Settings:
     device: str
     precision: str
     show_progress: bool
+    windows: int = SAMPLE_WINDOWS
 
 
 def prune_cases(
@@ -179,12 +174,13 @@ def prune_cases(
     device: str = "auto",
     precision: str = "auto",
     show_progress: bool = False,
+    windows: int = SAMPLE_WINDOWS,
 ) -> PruneResult:
     """Measure, choose and write as ``prune`` does, on given labelled ``cases`` in the model's
     label scheme (a training run's validation cases, say). Raises ``ConfigError`` as ``prune``
     does, and for no cases or a case without a label."""
     config, network = open_model(model)
-    settings = _Settings(tolerance, levels, repeats, device, precision, show_progress)
+    settings = _Settings(tolerance, levels, repeats, device, precision, show_progress, windows)
     return _prune(str(model), config, network, cases, Path(output_dir), settings)
 
 
@@ -200,6 +196,7 @@ def prune(
     precision: str = "auto",
     layout: str | None = None,
     show_progress: bool = False,
+    windows: int = SAMPLE_WINDOWS,
 ) -> PruneResult:
     """Measure a trained UNet++ at each pruning level on the labelled cases in ``data``,
     choose a level and write ``pruning.csv``, ``pruning.png`` and the pruned ``model/``
@@ -207,11 +204,13 @@ def prune(
 
     ``model`` is anything ``open_model`` reads; ``data`` a dataset folder with labels, read
     in ``layout`` (default: the model's). ``tolerance`` is in Dice units (0.01 = one point);
-    ``levels`` default to all the model's levels; each case's time is the median of
-    ``repeats`` timed runs after an untimed one, all on ``device`` at ``precision`` (as
-    ``medseg predict`` takes them). Returns the ``PruneResult``. Raises ``ConfigError`` for
-    a model that is not UNet++ or lacks a requested level, or for data without labelled
-    cases in the model's label scheme.
+    ``levels`` default to all the model's levels. Dice is scored on every case, all levels
+    from one sliding pass per case; each level's time per window is the median of
+    ``repeats`` timed runs (after an untimed batch) over ``windows`` windows drawn from the
+    cases, and its time per case that times the windows a case needs; all on ``device`` at
+    ``precision`` (as ``medseg predict`` takes them). Returns the ``PruneResult``. Raises
+    ``ConfigError`` for a model that is not UNet++ or lacks a requested level, or for data
+    without labelled cases in the model's label scheme.
     """
     from medseg.datasets import discover
     from medseg.files import require_outside
@@ -219,7 +218,7 @@ def prune(
     # The report and the pruned model/ would land among the dataset's files.
     require_outside(output_dir, [data], "--output")
     config, network = open_model(model)
-    settings = _Settings(tolerance, levels, repeats, device, precision, show_progress)
+    settings = _Settings(tolerance, levels, repeats, device, precision, show_progress, windows)
     _checked_levels(config, network, str(model), levels)
     chosen_layout = layout or config.preprocessing.layout
     scheme = config.scheme
@@ -254,6 +253,8 @@ def _prune(
     levels = _checked_levels(config, network, model, settings.levels)
     if settings.repeats < 1:
         raise ConfigError(f"repeats must be at least 1, got {settings.repeats}")
+    if settings.windows < 1:
+        raise ConfigError(f"windows must be at least 1, got {settings.windows}")
     if not settings.tolerance >= 0:
         raise ConfigError(f"tolerance must be a Dice difference >= 0, got {settings.tolerance}")
     unlabelled = [case.id for case in cases if case.label is None]
@@ -268,16 +269,32 @@ def _prune(
     # timed as ``medseg predict`` runs it; the saved model keeps the network as built
     timed = inference_network(network, device)
     rows: dict[int, list[dict[str, Any]]] = {level: [] for level in levels}
-    seconds: dict[int, list[float]] = {level: [] for level in levels}
-    with task_progress("measuring levels", len(cases), settings.show_progress) as advance:
-        for case in cases:
-            case_rows, case_seconds = _measure_case(
-                timed, config, case, levels, settings.repeats, device, precision
+    computed: list[int] = []
+    roi = window_shape(config.inference.roi_size, config.preprocessing.spatial_dims)
+    samples = []
+    shares = windows_per_case(settings.windows, len(cases))
+    with task_progress("scoring levels", len(cases), settings.show_progress) as advance:
+        for index, (case, share) in enumerate(zip(cases, shares, strict=True)):
+            case_rows, windows, image = _measure_case(
+                timed, config, case, levels, device, precision
             )
             for level in levels:
                 rows[level].append(case_rows[level])
-                seconds[level].append(case_seconds[level])
+            computed.append(windows)
+            if share:
+                samples.append(sample_windows(image, roi, share, seed=index))
             advance(case.id)
+    per_window = seconds_per_window(
+        timed,
+        torch.cat(samples),
+        levels,
+        repeats=settings.repeats,
+        batch_size=config.inference.sw_batch_size,
+        device=device,
+        precision=precision,
+        slice_wise=len(roi) > len(config.inference.roi_size),
+    )
+    windows_per_prediction = statistics.fmean(computed)
     names = list(config.scheme.foreground)
     measurements = []
     for level in levels:
@@ -286,8 +303,8 @@ def _prune(
             LevelMeasurement(
                 level=level,
                 parameters=network.level_parameter_count(level),
-                flops=window_flops(network, config, level),
-                seconds_per_case=statistics.fmean(seconds[level]),
+                flops=window_flops(config, level),
+                seconds_per_case=per_window[level] * windows_per_prediction,
                 dice={name: summary[f"val/dice/{name}"] for name in names},
                 dice_mean=summary["val/dice_mean"],
             )
@@ -308,6 +325,7 @@ def _prune(
         device=f"{device} {precision_name}",
         repeats=settings.repeats,
         cases=[case.id for case in cases],
+        windows=sum(len(sample) for sample in samples),
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     result.paths = {
@@ -336,6 +354,7 @@ def save_pruned_model(
             "tolerance": result.tolerance,
             "device": result.device,
             "repeats": result.repeats,
+            "windows": result.windows,
             "cases": result.cases,
             "table": result.rows(),
         },

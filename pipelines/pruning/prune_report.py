@@ -23,8 +23,9 @@ class LevelMeasurement:
 
     ``parameters``: trainable parameters of the sub-network (heads 1..level included);
     ``flops``: floating-point operations (2 per multiply-add, ``FlopCounterMode``'s count) of
-    one forward pass over one sliding window of batch 1; ``seconds_per_case``: mean over cases
-    of each case's median sliding-window inference time (s); ``dice``: structure name -> mean
+    one forward pass over one sliding window of batch 1; ``seconds_per_case``: the median
+    forward time per window on the timing sample times the mean number of windows a
+    prediction of a case computes (s); ``dice``: structure name -> mean
     Dice over cases (0..1); ``dice_mean``: mean of ``dice`` over structures.
     """
 
@@ -43,7 +44,8 @@ class PruneResult:
     ``levels``: one measurement per level, ascending; ``chosen_level``: the level selected;
     ``reference_level``: the deepest level measured, whose Dice the tolerance is taken from;
     ``device``: where and at which precision the levels ran (``"cpu fp32"``); ``repeats``:
-    timed runs per case and level; ``cases``: ids of the cases measured; ``paths``:
+    timed runs per level over the timing sample; ``cases``: ids of the cases measured;
+    ``windows``: windows in the timing sample; ``paths``:
     ``table`` (CSV), ``plot`` (PNG) and ``model`` (the pruned model directory).
     """
 
@@ -55,6 +57,7 @@ class PruneResult:
     device: str
     repeats: int
     cases: list[str]
+    windows: int = 0
     paths: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -149,7 +152,8 @@ def pruning_table(result: PruneResult) -> Any:
         title=f"UNet++ pruning: {len(result.cases)} case(s) on {result.device}",
         caption=f"* chosen: the smallest level with Dice >= L{result.reference_level} Dice - "
         f"{result.tolerance:g}. GFLOPs: one forward over one window. s/case: median of "
-        f"{result.repeats} runs, mean over cases.",
+        f"{result.repeats} runs over {result.windows} sample windows, per window, times the "
+        "windows a case needs.",
     )
     for column in ("level", "params", "GFLOPs", "s/case", "Dice", *names):
         table.add_column(column, justify="right", no_wrap=True)

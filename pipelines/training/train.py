@@ -46,6 +46,7 @@ from medseg.pipelines.tracking import Tracker, code_version_tags
 from medseg.pipelines.training.planner import FINGERPRINT_FILE, PLAN_FILE, PlannedRun, plan_run
 from medseg.pipelines.training.plots import plot_learning_curve
 from medseg.pipelines.training.trainer import BEST, LAST, Trainer
+from medseg.pipelines.validation import summarise
 from medseg.transforms.presets import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,9 @@ def _model_config(
         overlap=config.infer.overlap,
         sw_batch_size=config.infer.sw_batch_size,
         mode=config.infer.mode,
+        coarse_to_fine=config.infer.coarse_to_fine,
+        coarse_factor=config.infer.coarse_factor,
+        coarse_margin_mm=config.infer.coarse_margin_mm,
     )
     from medseg.pipelines.label_table import labels_with_table
     from medseg.pipelines.provenance import dataset_fingerprint, git_commit
@@ -298,6 +302,9 @@ def _train_unlocked(
 
         outcome = trainer.run(state, tracker, on_best)
         if info.is_main:
+            if outcome["full_validation"]:
+                # the windowed Dice chose the checkpoint; the full passes describe it
+                _write_validation_csv(run_dir / "validation.csv", outcome["full_validation"])
             _finish(run_dir, config, outcome, tracker)
             if config.train.prune and not after:
                 logger.warning("train.prune is set but no pruning step is attached; not pruned")
@@ -309,6 +316,9 @@ def _train_unlocked(
             best = [row for row in outcome["history"] if row["epoch"] == outcome["best_epoch"]]
             summary = {k: outcome[k] for k in ("best_metric", "best_epoch")}
             summary["validation"] = best[0] if best else {}
+            if outcome["full_validation"]:
+                names = list(index.labels.foreground)
+                summary["full_validation"] = summarise(outcome["full_validation"], names)
             write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=1))
     return TrainResult(
         run_dir=run_dir,

@@ -22,7 +22,7 @@ import torch
 from medseg.config import Config, config_to_dict, flatten
 from medseg.errors import TrainingError
 from medseg.networks import abilities, as_staged
-from medseg.pipelines.checkpoints import save_checkpoint
+from medseg.pipelines.checkpoints import load_checkpoint, save_checkpoint
 from medseg.pipelines.distributed import (
     ProcessInfo,
     barrier,
@@ -31,7 +31,7 @@ from medseg.pipelines.distributed import (
 )
 from medseg.pipelines.inference import resolve_precision
 from medseg.pipelines.model_dir import ModelConfig, build_from_config, load_weights
-from medseg.pipelines.progress import duration, epoch_progress, task_progress
+from medseg.pipelines.progress import duration, epoch_progress
 from medseg.pipelines.tracking import Tracker
 from medseg.pipelines.training.data import SeededDataset, cached_dataset, training_loader
 from medseg.pipelines.training.losses import DeepSupervisionLoss, segmentation_loss
@@ -100,6 +100,7 @@ class Trainer:
         self.show_progress = show_progress and info.is_main
         self.scheme = index.labels
         self.names = list(self.scheme.foreground)
+        self.sampled_cases = 0
         torch.manual_seed(recipe.seed)
         self.network = build_from_config(model_config)
         if self.scheme.mode == "regions":
@@ -286,7 +287,7 @@ class Trainer:
             improved = 0.0
             if number % recipe.val_every == 0 or number == recipe.total_epochs:
                 if self.info.is_main:
-                    rows = self._validate()
+                    rows, self.sampled_cases = self._validate()
                     metrics |= summarise(rows, self.names)
                     if metrics["val/dice_mean"] > best:
                         best, best_epoch, improved = metrics["val/dice_mean"], number, 1.0
@@ -308,7 +309,38 @@ class Trainer:
             if recipe.early_stopping and stale >= recipe.early_stopping:
                 logger.info("early stop: no better validation Dice in %d validations", stale)
                 break
-        return {"history": history, "best_metric": best, "best_epoch": best_epoch, "rows": rows}
+        full_rows = None
+        if self.info.is_main and self.sampled_cases and best_epoch > 0:
+            full_rows = self._full_validation()
+        return {
+            "history": history,
+            "best_metric": best,
+            "best_epoch": best_epoch,
+            "rows": full_rows or rows,
+            "full_validation": full_rows,
+        }
+
+    def _full_validation(self) -> list[dict[str, Any]]:
+        """Dice per case of the best checkpoint from full sliding-window passes, for a run
+        whose validations scored some cases on sample windows (``train.val_max_windows``);
+        the network is left holding the best weights."""
+        logger.info(
+            "full validation of the best checkpoint on %d case(s) (sliding window)",
+            len(self.val_loader),
+        )
+        best = load_checkpoint(self.run_dir / BEST)
+        load_weights(self.network, best["network"], self.run_dir / BEST)
+        rows, _ = validate(
+            self.network,
+            self.val_loader,
+            self.scheme,
+            self.model_config.inference,
+            self.device,
+            cases=len(self.val_loader),
+            show_progress=self.show_progress,
+            log_cases=True,
+        )
+        return rows
 
     def _announce(self, start: int) -> None:
         """The line a log shows before the first epoch, which may take minutes."""
@@ -326,18 +358,21 @@ class Trainer:
             validated,
         )
 
-    def _validate(self) -> list[dict[str, Any]]:
-        loader = self.val_loader or []  # only the main process validates
-        with task_progress("validating", len(loader), self.show_progress) as advance:
-            return validate(
-                self.network,
-                loader,
-                self.scheme,
-                self.model_config.inference,
-                self.device,
-                loss=self.validation_loss,
-                on_case=advance,
-            )
+    def _validate(self) -> tuple[list[dict[str, Any]], int]:
+        """Rows of this epoch's validation (within ``train.val_max_windows``) and how many
+        cases were scored on sample windows; only the main process validates."""
+        loader = self.val_loader or []
+        return validate(
+            self.network,
+            loader,
+            self.scheme,
+            self.model_config.inference,
+            self.device,
+            loss=self.validation_loss,
+            max_windows=self.recipe.val_max_windows,
+            cases=len(loader),
+            show_progress=self.show_progress,
+        )
 
     def _log_epoch(
         self, number: int, metrics: dict[str, float], improved: float, timings: list[float]
@@ -349,6 +384,8 @@ class Trainer:
         if "val/dice_mean" in metrics:
             dice = " ".join(f"{n} {metrics[f'val/dice/{n}']:.3f}" for n in self.names)
             parts.append(f"val dice {dice} mean {metrics['val/dice_mean']:.4f}")
+            if self.sampled_cases:
+                parts.append(f"({self.sampled_cases} case(s) on sample windows)")
             if improved:
                 parts.append("(best)")
         remaining = self.recipe.total_epochs - number

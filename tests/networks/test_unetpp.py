@@ -36,15 +36,18 @@ def test_paper_parameter_counts() -> None:
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_pruned_forward_and_pruned_network_equal_the_full_networks_head(spatial_dims) -> None:
+def test_pruned_forward_and_every_head_equal_the_full_networks_head(spatial_dims) -> None:
     network = tiny(spatial_dims)
     image = torch.randn(2, 2, *SHAPES[spatial_dims])
     with torch.no_grad():
         heads = network.train()(image)
         network.eval()
+        every_head = network(image, every_head=True)
         for level in range(1, DEPTH + 1):
             full_head = heads[DEPTH - level]
             assert torch.equal(network(image, prune_level=level), full_head)
+            # prune measures every level from this one forward
+            assert torch.equal(every_head[DEPTH - level], full_head)
             pruned = tiny(spatial_dims, prune_level=level).eval()
             state = network.state_dict()
             names = network.level_parameter_names(level)

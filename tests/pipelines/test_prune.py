@@ -250,3 +250,48 @@ def test_pruning_is_tracked_alone_and_after_training(
     assert result.paths["model"] == trained_model.parent / "pruning" / "model"
     metrics = client.get_run(tracker.run_id).data.metrics
     assert metrics["prune/chosen_level"] == result.chosen_level
+
+
+@pytest.mark.slow
+def test_one_pass_dice_equals_a_pass_per_level(pruned, trained_model, brats_phantoms):
+    """The table's Dice (every level from one sliding pass per case) is what a separate
+    sliding pass per level gives, the way ``prune`` measured before, so the chosen level is
+    the same."""
+    from monai.metrics import compute_dice
+
+    from medseg.networks.inference_layout import inference_network
+    from medseg.pipelines.inference import sliding_window_predict
+    from medseg.transforms.labels import binary_prediction, binary_target
+    from medseg.transforms.presets import validation_transforms
+
+    config, network = open_model(trained_model)
+    network = inference_network(network.eval(), torch.device("cpu"))
+    scheme, inference = config.scheme, config.inference
+    cases = discover("brats", brats_phantoms["test"], need_labels=True).cases
+    dice: dict[int, list[torch.Tensor]] = {level: [] for level in LEVELS}
+    for case in cases:
+        data = validation_transforms(config.preprocessing, scheme)(case.as_dict())
+        reference = binary_target(
+            torch.as_tensor(data["label"]).as_subclass(torch.Tensor)[None], scheme
+        )
+        for level in LEVELS:
+            logits = sliding_window_predict(
+                network,
+                data["image"][None],
+                roi_size=inference.roi_size,
+                overlap=inference.overlap,
+                sw_batch_size=inference.sw_batch_size,
+                mode=inference.mode,
+                skip_empty=True,
+                prune_level=level,
+            )
+            predicted = binary_prediction(logits, scheme)
+            dice[level].append(compute_dice(predicted, reference, ignore_empty=False)[0])
+    names = list(scheme.foreground)
+    exhaustive = {}
+    for m in pruned.levels:
+        per_structure = torch.stack(dice[m.level]).mean(0)
+        assert [m.dice[name] for name in names] == pytest.approx(per_structure.tolist(), abs=1e-6)
+        exhaustive[m.level] = float(per_structure.mean())
+    assert choose_level(exhaustive, TOLERANCE) == pruned.chosen_level
+    assert pruned.windows == 8

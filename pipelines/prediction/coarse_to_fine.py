@@ -1,0 +1,182 @@
+"""Coarse-to-fine inference: find the foreground on a downsampled volume, then run the
+full-resolution sliding window only on the windows around it; the rest is background.
+
+The coarse pass is the same model on the preprocessed volume downsampled ``factor`` times
+per axis (``factor**3`` fewer voxels and windows in 3D): it works for every network, not
+only UNet++, and it only has to place a box, which the margin and whole windows widen.
+The fine pass runs exactly the full pass's windows that touch the box (the crop is aligned
+to the full pass's window grid), so inside the box the probabilities equal the full pass's.
+Specks much smaller than the largest structure found are left out of the box and of the
+edge check. When the coarse pass finds nothing, or the fine foreground reaches the crop's
+inner edge (the structure goes on beyond the box), the full pass runs instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medseg.datasets.base import LabelScheme
+
+logger = logging.getLogger(__name__)
+
+
+def window_aligned_range(
+    size: int, window: int, overlap: float, low: int, high: int
+) -> tuple[int, int]:
+    """``(start, stop)`` along one axis of ``size`` voxels: the union of the windows of a
+    sliding pass (MONAI's grid for ``window`` and ``overlap``) that overlap voxels
+    ``low:high``. An axis no longer than the window is taken whole."""
+    if size <= window:
+        return 0, size
+    step = max(int(window * (1 - overlap)), 1)
+    count = math.ceil((size - window) / step) + 1
+    starts = [min(index * step, size - window) for index in range(count)]
+    touching = [start for start in starts if start < high and start + window > low]
+    return touching[0], touching[-1] + window
+
+
+def foreground_mask(probability: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
+    """Boolean ``(*spatial)``: voxels of probabilities ``(C, *spatial)`` labelled as any
+    structure (a region above 0.5; a class other than the background most probable)."""
+    if scheme.mode == "regions":
+        return (probability > 0.5).any(0)
+    return probability.argmax(0) != 0
+
+
+def main_components(mask: torch.Tensor, share: float = 0.1) -> torch.Tensor:
+    """``mask`` (boolean) without the connected components smaller than ``share`` of the
+    largest: a stray false-positive speck would otherwise stretch the box over the volume
+    (one structure or several of a similar size, such as two kidneys, are kept)."""
+    from scipy import ndimage
+
+    components, count = ndimage.label(mask.numpy())
+    if count <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())[1:]
+    kept = np.flatnonzero(sizes >= share * sizes.max()) + 1
+    return torch.from_numpy(np.isin(components, kept))
+
+
+def background(channels: int, spatial: Sequence[int], scheme: LabelScheme) -> torch.Tensor:
+    """Probabilities ``(channels, *spatial)`` float32 of pure background: every region 0; for
+    classes, the background class 1 and the others 0."""
+    probability = torch.zeros(channels, *spatial)
+    if scheme.mode == "classes":
+        probability[0] = 1.0
+    return probability
+
+
+@dataclass(frozen=True)
+class FineRegion:
+    """Where the fine pass ran, as slices of the full grid: ``box`` is the coarse
+    foreground's bounding box widened by the margin, ``crop`` the whole windows of the full
+    pass that touch it (what the fine pass ran on; it holds ``box``)."""
+
+    box: tuple[slice, ...]
+    crop: tuple[slice, ...]
+
+
+@dataclass(frozen=True)
+class CoarseToFine:
+    """Settings: ``factor`` (downsampling per axis of the coarse pass, >= 2) and
+    ``margin_mm`` (added around the coarse foreground's bounding box, in mm)."""
+
+    factor: int = 2
+    margin_mm: float = 10.0
+
+    def crop(
+        self,
+        coarse: torch.Tensor,
+        spatial: Sequence[int],
+        spacing: Sequence[float],
+        window: Sequence[int],
+        overlap: float,
+    ) -> FineRegion | None:
+        """The fine pass's region of the full grid ``spatial`` (voxels of ``spacing`` mm),
+        from the coarse foreground mask ``coarse`` (boolean, the downsampled grid): its
+        bounding box scaled up and widened by the margin, and that grown to whole sliding
+        windows (``window``, ``overlap``). None when ``coarse`` holds no foreground."""
+        found = torch.nonzero(coarse)
+        if not len(found):
+            return None
+        box, crop = [], []
+        for axis, (size, mm, width) in enumerate(zip(spatial, spacing, window, strict=True)):
+            scale = size / coarse.shape[axis]
+            margin = math.ceil(self.margin_mm / mm)
+            low = max(math.floor(int(found[:, axis].min()) * scale) - margin, 0)
+            high = min(math.ceil((int(found[:, axis].max()) + 1) * scale) + margin, size)
+            box.append(slice(low, high))
+            crop.append(slice(*window_aligned_range(size, width, overlap, low, high)))
+        return FineRegion(tuple(box), tuple(crop))
+
+    def downsample(self, image: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+        """``image`` ``(1, C, *spatial)`` shrunk ``factor`` times (linear interpolation) on
+        each axis the window spans more than one voxel of (not the slice axis of a 2D
+        network run slice by slice)."""
+        spatial = image.shape[2:]
+        size = [
+            max(math.ceil(length / self.factor), 1) if width > 1 else length
+            for length, width in zip(spatial, window, strict=True)
+        ]
+        mode = "trilinear" if len(spatial) == 3 else "bilinear"
+        return F.interpolate(image, size=size, mode=mode, align_corners=False)
+
+    def probabilities(
+        self,
+        image: torch.Tensor,
+        predict: Callable[[torch.Tensor], torch.Tensor],
+        scheme: LabelScheme,
+        window: Sequence[int],
+        overlap: float,
+        spacing: Sequence[float],
+    ) -> tuple[torch.Tensor, FineRegion | None]:
+        """Probabilities ``(C_out, *spatial)`` for ``image`` ``(1, C_in, *spatial)`` and
+        where the fine pass ran (None: the full pass ran). Inside the region's ``box`` they
+        equal the full pass's (for one network without mirroring); outside its ``crop``
+        they are background. ``predict`` maps a
+        ``(1, C_in, *s)`` image to probabilities ``(C_out, *s)`` with sliding windows of
+        ``window`` (the slice axis included, as 1) at ``overlap``; ``spacing`` is the
+        image's voxel size in mm per axis."""
+        plain = image.as_tensor() if hasattr(image, "as_tensor") else image
+        spatial = tuple(plain.shape[2:])
+        coarse = main_components(foreground_mask(predict(self.downsample(plain, window)), scheme))
+        region = self.crop(coarse, spatial, spacing, window, overlap)
+        if region is None:
+            logger.info("coarse-to-fine: the coarse pass found no foreground; full pass")
+            return predict(image), None
+        fine = predict(plain[(slice(None), slice(None), *region.crop)])
+        if _reaches_inner_edge(
+            main_components(foreground_mask(fine, scheme)), region.crop, spatial
+        ):
+            logger.info("coarse-to-fine: the foreground reaches the box's edge; full pass")
+            return predict(image), None
+        share = math.prod(r.stop - r.start for r in region.crop) / math.prod(spatial)
+        logger.info(
+            "coarse-to-fine: fine pass on %s of %s (%.0f%% of the voxels)",
+            [(r.start, r.stop) for r in region.crop],
+            list(spatial),
+            100 * share,
+        )
+        probability = background(fine.shape[0], spatial, scheme)
+        probability[(slice(None), *region.crop)] = fine
+        return probability, region
+
+
+def _reaches_inner_edge(
+    mask: torch.Tensor, region: Sequence[slice], spatial: Sequence[int]
+) -> bool:
+    """Whether foreground ``mask`` (the crop's grid) touches a face of the crop that lies
+    inside the image (not on the image's own border)."""
+    for axis, (part, size) in enumerate(zip(region, spatial, strict=True)):
+        if part.start > 0 and mask.select(axis, 0).any():
+            return True
+        if part.stop < size and mask.select(axis, mask.shape[axis] - 1).any():
+            return True
+    return False
