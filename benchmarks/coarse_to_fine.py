@@ -89,9 +89,9 @@ def main() -> None:
 
     from medseg.datasets import discover
     from medseg.datasets.synthetic import synthesize
-    from medseg.pipelines.prediction.coarse_to_fine import CoarseToFine
     from medseg.pipelines.inference import WindowCount, sliding_window_predict, window_shape
     from medseg.pipelines.model_dir import open_model
+    from medseg.pipelines.prediction.coarse_to_fine import CoarseToFine
     from medseg.pipelines.prediction.segmenter import Segmenter
     from medseg.transforms.labels import probabilities
 

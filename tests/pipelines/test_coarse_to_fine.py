@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from medseg.datasets.base import LabelScheme
-from medseg.pipelines.prediction.coarse_to_fine import CoarseToFine, window_aligned_range
 from medseg.pipelines.inference import sliding_window_predict
+from medseg.pipelines.prediction.coarse_to_fine import CoarseToFine, window_aligned_range
 from medseg.transforms.labels import probabilities
 
 SCHEME = LabelScheme("classes", ("background", "organ"), ((0,), (1,)))
