@@ -102,11 +102,10 @@ def _structure_row(
     from skimage.measure import label
 
     voxels = int(np.count_nonzero(mask))
-    # A structure with voxels has a bounding box (``box`` is None only for an empty one).
-    box = box or tuple(slice(0, size) for size in mask.shape)
     components, largest, centre = 0, 0, None
     mean = std = None
-    if voxels:
+    # ``box`` is None only for an empty structure.
+    if voxels and box is not None:
         numbered, components = label(mask, connectivity=ndim, return_num=True)
         # One count of every component's voxels; a fragmented prediction has thousands,
         # and asking each region for its size costs a pass over its box apiece.
