@@ -62,7 +62,8 @@ def window_starts(
 def _crop(volume: torch.Tensor, start: Sequence[int], roi: Sequence[int]) -> torch.Tensor:
     """``volume[:, start:start+roi]`` ``(C, *roi)``, zero-padded at the end where short."""
     region = tuple(slice(s, s + w) for s, w in zip(start, roi, strict=True))
-    window = volume[(slice(None), *region)]
+    index = (slice(None), *region)
+    window = volume[index]
     padding = []
     for size, want in zip(reversed(window.shape[1:]), reversed(roi), strict=True):
         padding += [0, want - size]

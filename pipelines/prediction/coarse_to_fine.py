@@ -151,7 +151,8 @@ class CoarseToFine:
         if region is None:
             logger.info("coarse-to-fine: the coarse pass found no foreground; full pass")
             return predict(image), None
-        fine = predict(plain[(slice(None), slice(None), *region.crop)])
+        inside = (slice(None), slice(None), *region.crop)
+        fine = predict(plain[inside])
         if _reaches_inner_edge(
             main_components(foreground_mask(fine, scheme)), region.crop, spatial
         ):
@@ -165,7 +166,8 @@ class CoarseToFine:
             100 * share,
         )
         probability = background(fine.shape[0], spatial, scheme)
-        probability[(slice(None), *region.crop)] = fine
+        channels_inside = (slice(None), *region.crop)
+        probability[channels_inside] = fine
         return probability, region
 
 

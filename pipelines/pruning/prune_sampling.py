@@ -88,7 +88,8 @@ def sample_windows(image: torch.Tensor, roi: Sequence[int], count: int, seed: in
             for size, window in zip(plain.shape[1:], roi, strict=True)
         ]
         region = tuple(slice(s, s + w) for s, w in zip(starts, roi, strict=True))
-        windows.append(plain[(slice(None), *region)])
+        index = (slice(None), *region)
+        windows.append(plain[index])
     return torch.stack(windows)
 
 

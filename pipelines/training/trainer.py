@@ -324,19 +324,19 @@ class Trainer:
         """Dice per case of the best checkpoint from full sliding-window passes, for a run
         whose validations scored some cases on sample windows (``train.val_max_windows``);
         the network is left holding the best weights."""
+        loader = self.val_loader or []
         logger.info(
-            "full validation of the best checkpoint on %d case(s) (sliding window)",
-            len(self.val_loader),
+            "full validation of the best checkpoint on %d case(s) (sliding window)", len(loader)
         )
         best = load_checkpoint(self.run_dir / BEST)
         load_weights(self.network, best["network"], self.run_dir / BEST)
         rows, _ = validate(
             self.network,
-            self.val_loader,
+            loader,
             self.scheme,
             self.model_config.inference,
             self.device,
-            cases=len(self.val_loader),
+            cases=len(loader),
             show_progress=self.show_progress,
             log_cases=True,
         )
