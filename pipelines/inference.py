@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
+from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 
 from medseg.errors import ConfigError
@@ -144,6 +146,12 @@ def window_shape(roi_size: Sequence[int], spatial_dims: int) -> list[int]:
 
 
 @torch.inference_mode()
+def plain_tensor(image: Any) -> torch.Tensor:
+    """``image`` (a MONAI ``MetaTensor`` or a tensor) as a plain tensor, without a copy: the
+    windows and networks need no metadata, and slicing a MetaTensor carries it along."""
+    return image.as_tensor() if isinstance(image, MetaTensor) else image
+
+
 def sliding_window_predict(
     network: nn.Module,
     image: torch.Tensor,
@@ -171,7 +179,7 @@ def sliding_window_predict(
     network.eval()
     if device is None:
         device = next(network.parameters()).device
-    plain = image.as_tensor() if hasattr(image, "as_tensor") else image
+    plain = plain_tensor(image)
     roi = list(roi_size)
     slice_wise = plain.ndim - 2 == len(roi) + 1
     if slice_wise:

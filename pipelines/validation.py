@@ -17,7 +17,12 @@ import torch.nn as nn
 from monai.metrics import compute_dice
 
 from medseg.datasets.base import LabelScheme
-from medseg.pipelines.inference import WindowPredictor, sliding_window_predict, window_shape
+from medseg.pipelines.inference import (
+    WindowPredictor,
+    plain_tensor,
+    sliding_window_predict,
+    window_shape,
+)
 from medseg.pipelines.model_dir import InferenceSpec
 from medseg.transforms.labels import binary_prediction, binary_target
 
@@ -136,7 +141,7 @@ def validate(
             roi = window_shape(inference.roi_size, image.ndim - 2)
             needed = sliding_window_count(image.shape[2:], roi, inference.overlap)
             if share is not None and needed > share and image.shape[0] == 1:
-                plain = image.as_tensor() if hasattr(image, "as_tensor") else image
+                plain = plain_tensor(image)
                 logits, label = _sampled_logits_and_labels(
                     network, plain[0], label[0], inference, device, share, seed=position
                 )

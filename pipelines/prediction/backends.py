@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from medseg.errors import ConfigError, MedsegError
+from medseg.networks import abilities, as_prunable
 from medseg.networks.inference_layout import inference_network
 from medseg.pipelines.model_dir import ModelConfig
 
@@ -184,7 +185,8 @@ def _runtime_network(
         export_network(config, network, "onnx", folder, prune_level=prune_level)
     run = _SESSIONS[backend](path)
     _check_against_torch(run, network, config, backend, prune_level)
-    return RuntimeNetwork(run, backend, getattr(network, "levels", None))
+    levels = as_prunable(network).levels if abilities(config.network.name).prunable else None
+    return RuntimeNetwork(run, backend, levels)
 
 
 def _check_against_torch(

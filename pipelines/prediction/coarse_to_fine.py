@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.datasets.base import LabelScheme
+from medseg.pipelines.inference import plain_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class CoarseToFine:
         ``(1, C_in, *s)`` image to probabilities ``(C_out, *s)`` with sliding windows of
         ``window`` (the slice axis included, as 1) at ``overlap``; ``spacing`` is the
         image's voxel size in mm per axis."""
-        plain = image.as_tensor() if hasattr(image, "as_tensor") else image
+        plain = plain_tensor(image)
         spatial = tuple(plain.shape[2:])
         coarse = main_components(foreground_mask(predict(self.downsample(plain, window)), scheme))
         region = self.crop(coarse, spatial, spacing, window, overlap)

@@ -17,7 +17,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from medseg.pipelines.inference import WindowCount, WindowPredictor, sliding_window_predict
+from medseg.pipelines.inference import (
+    WindowCount,
+    WindowPredictor,
+    plain_tensor,
+    sliding_window_predict,
+)
 from medseg.pipelines.model_dir import InferenceSpec
 
 
@@ -74,7 +79,7 @@ def sample_windows(image: torch.Tensor, roi: Sequence[int], count: int, seed: in
     drawn uniformly with ``numpy.random.default_rng(seed)`` (the same positions for the same
     seed and shape); axes shorter than ``roi`` are zero-padded at the end, as a sliding
     pass pads them. Returns ``(count, C, *roi)`` float32 on the CPU."""
-    plain = image.as_tensor() if hasattr(image, "as_tensor") else image
+    plain = plain_tensor(image)
     plain = plain.detach().to("cpu", torch.float32)
     padding = []
     for size, window in zip(reversed(plain.shape[1:]), reversed(roi), strict=True):
