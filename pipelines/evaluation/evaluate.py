@@ -33,7 +33,7 @@ import numpy as np
 from medseg.datasets.base import CaseProblem, LabelScheme
 from medseg.datasets.image_io import LABEL_MAP_SUFFIXES, Volume, is_nifti_file, read_volume
 from medseg.errors import CaseError, ConfigError
-from medseg.files import write_atomic, write_text_atomic
+from medseg.files import read_regular_text, write_atomic, write_text_atomic
 from medseg.pipelines.evaluation.lesionwise import COLUMNS as LESIONWISE_COLUMNS
 from medseg.pipelines.evaluation.lesionwise import RULE as LESIONWISE_RULE
 from medseg.pipelines.evaluation.lesionwise import case_lesionwise, summarize_lesionwise
@@ -249,9 +249,10 @@ def track_evaluation(
 def _predicting_model(predictions: Path) -> str | None:
     """The model ``medseg predict`` recorded in ``predict_report.json`` of ``predictions``."""
     try:
-        report = json.loads((predictions / "predict_report.json").read_text(encoding="utf-8"))
+        report = json.loads(read_regular_text(predictions / "predict_report.json"))
         model = report["model"]
-    except (OSError, ValueError, KeyError, TypeError):  # no report, or not predict's
+    # No report, a pipe under its name, or not predict's.
+    except (OSError, ConfigError, ValueError, KeyError, TypeError):
         return None
     return model if isinstance(model, str) else None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,9 @@ def merged_rows(
 def _read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of the statistics file at ``path``; none when it is missing or unreadable."""
     try:
+        # A pipe under its name would block the reader; the new file replaces it.
+        if not stat.S_ISREG(Path(path).stat().st_mode):
+            return []
         with Path(path).open(newline="", encoding="utf-8") as stream:
             return list(csv.DictReader(stream))
     except (OSError, UnicodeDecodeError, csv.Error):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import ConfigError
-from medseg.files import write_text_atomic
+from medseg.files import read_regular_text, write_text_atomic
 
 MERGED = "predict_report.json"
 PART_REPORTS = "predict_report.*.json"
@@ -38,9 +38,10 @@ class MergedReport:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        # A pipe under a report's name is refused by name, never read (it would block).
+        report = json.loads(read_regular_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path}: not a readable report ({error})") from None
+        raise ConfigError(f"{path}: not a readable report ({error})") from error
     if not isinstance(report, dict) or not isinstance(report.get("cohort"), list):
         raise ConfigError(f"{path}: not a part report of medseg predict (no cohort)")
     cases = report.get("cases", [])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -103,3 +104,11 @@ def test_merge_without_part_reports_says_what_to_run(tmp_path, medseg_cli):
     result = medseg_cli("report", "merge", tmp_path)
     assert result.code == 2
     assert "no part reports" in result.err
+
+
+def test_merge_refuses_a_pipe_under_a_report_name_without_blocking(tmp_path):
+    from medseg.pipelines.prediction.report_merge import merge_reports
+
+    os.mkfifo(tmp_path / "predict_report.part-0-of-2.json")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        merge_reports(tmp_path)
