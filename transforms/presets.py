@@ -15,6 +15,7 @@ import torch
 from monai import transforms as mt
 
 from medseg.datasets.base import LabelScheme
+from medseg.errors import ConfigError
 from medseg.transforms.checks import RequireUsableImaged
 from medseg.transforms.labels import LabelsToTargetd, SamplingMasksd
 from medseg.transforms.slices import AdjacentSlicesd
@@ -33,7 +34,6 @@ NORMALIZATIONS: dict[str, str] = {
     "zscore_nonzero": "each channel z-scored over its non-zero voxels",
     "percentile": "each channel's 0.5-99.5th percentiles scaled to 0..1",
 }
-LEGACY_NORMALIZATION = {"ct": "ct_window", "mri": "zscore_nonzero", "em": "percentile"}
 # A share of a channel's bright end below which a voxel is background: above the noise of an
 # MRI's air (a few percent of tissue signal) and below dark tissue such as CSF on T1, and a
 # ratio, so it holds whatever the scanner's intensity scale.
@@ -150,7 +150,7 @@ def _spatial(pre: Preprocessing, keys: list[str]) -> list[Any]:
     if pre.foreground_crop:
         # Runs on the unnormalised image: after z-scoring, background is no longer zero.
         select = {"ct_window": is_body, "zscore_body": is_above_background}.get(
-            _normalization(pre), is_positive
+            pre.normalization_rule, is_positive
         )
         steps.append(
             mt.CropForegroundd(keys, source_key="image", select_fn=select, allow_smaller=True)
@@ -158,22 +158,19 @@ def _spatial(pre: Preprocessing, keys: list[str]) -> list[Any]:
     return steps
 
 
-def _normalization(pre: Preprocessing) -> str:
-    """The rule ``pre`` normalises with: the planned one, or the modality's legacy rule."""
-    return pre.normalization or LEGACY_NORMALIZATION.get(pre.modality, "zscore_image")
-
-
 def _intensity(pre: Preprocessing) -> list[Any]:
-    rule = _normalization(pre)
+    rule = pre.normalization_rule
     if rule == "zscore_nonzero":
         return [mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True)]
     if rule == "zscore_body":
         return [ZScoreBodyd("image")]
     if rule == "ct_window":
         stats = pre.intensity
-        missing = {"window_low", "window_high", "mean", "std"} - set(stats)
-        if missing:
-            raise ValueError(f"CT preprocessing needs fitted statistics; missing {sorted(missing)}")
+        if pre.missing_statistics:
+            raise ConfigError(
+                "the model's CT preprocessing lacks the fitted statistics "
+                f"{pre.missing_statistics} (preprocessing.intensity; a trained model has them)"
+            )
         return [
             mt.ThresholdIntensityd(
                 "image", threshold=stats["window_high"], above=False, cval=stats["window_high"]

@@ -11,6 +11,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Normalization = Literal["ct_window", "zscore_image", "zscore_body", "zscore_nonzero", "percentile"]
+LEGACY_NORMALIZATION: dict[str, Normalization] = {
+    "ct": "ct_window",
+    "mri": "zscore_nonzero",
+    "em": "percentile",
+}
+CT_STATISTICS = frozenset({"window_low", "window_high", "mean", "std"})
 
 
 class Preprocessing(BaseModel):
@@ -46,3 +52,17 @@ class Preprocessing(BaseModel):
     def slice_wise(self) -> bool:
         """Whether a 2D network runs slice by slice on volumes."""
         return self.spatial_dims == 3 and len(self.patch_size) == 2
+
+    @property
+    def normalization_rule(self) -> Normalization:
+        """The rule this preprocessing normalises with: the planned one, or the modality's
+        rule from before planning existed."""
+        return self.normalization or LEGACY_NORMALIZATION.get(self.modality, "zscore_image")
+
+    @property
+    def missing_statistics(self) -> list[str]:
+        """The fitted statistics the rule needs and ``intensity`` lacks, sorted (only the
+        CT window needs any)."""
+        if self.normalization_rule != "ct_window":
+            return []
+        return sorted(CT_STATISTICS - set(self.intensity))

@@ -107,6 +107,9 @@ def export_network(
     with torch.no_grad():
         expected = [network(image, **forward_options) for image in inputs]
 
+    # before anything is written: a model whose preprocessing cannot be described (CT
+    # without fitted statistics) must not leave a network file without its description
+    described = describe(config, spec)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"{output_dir}: exists and is not a folder; choose another --output")
@@ -130,9 +133,7 @@ def export_network(
         "tolerance": TOLERANCE,
         "checked_batch_sizes": [image.shape[0] for image in inputs],
     }
-    description = _merge_exports(
-        output_dir / PREPROCESSING_FILE, describe(config, spec), fmt, entry
-    )
+    description = _merge_exports(output_dir / PREPROCESSING_FILE, described, fmt, entry)
     preprocessing = write_text_atomic(
         output_dir / PREPROCESSING_FILE, json.dumps(description, indent=2) + "\n"
     )

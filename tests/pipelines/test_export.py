@@ -375,3 +375,14 @@ def test_unusable_requests_are_config_errors(
     model = save_model(tmp_path / "model", model_config(name, spatial_dims))
     with pytest.raises(ConfigError, match=message):
         export_model(model, fmt, tmp_path / "export", prune_level=prune_level)
+
+
+def test_a_ct_model_without_fitted_statistics_is_refused_and_nothing_written(tmp_path) -> None:
+    config = model_config("hdenseunet", 3)
+    unfitted = config.model_copy(
+        update={"preprocessing": config.preprocessing.model_copy(update={"intensity": {}})}
+    )
+    model = save_model(tmp_path / "model", unfitted)
+    with pytest.raises(ConfigError, match=r"CT preprocessing lacks the fitted statistics \["):
+        export_model(model, "onnx", tmp_path / "export")
+    assert not (tmp_path / "export").exists()
