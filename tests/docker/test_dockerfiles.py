@@ -178,3 +178,24 @@ def test_dockerignore_lets_in_exactly_what_the_images_copy() -> None:
                     if source != "${MODEL}":
                         assert source.rstrip("/") in let_in, f"{path.name} copies {source}"
         assert arg_default(path, "MODEL") in let_in
+
+
+def declared_extras() -> set[str]:
+    """The extras pyproject.toml declares under [project.optional-dependencies]."""
+    import tomllib
+
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        return set(tomllib.load(file)["project"]["optional-dependencies"])
+
+
+@pytest.mark.parametrize(("flavour", "needed"), [("cpu", {"dicom", "fast"}), ("cuda", {"dicom"})])
+def test_images_install_the_extras_their_defaults_use(flavour: str, needed: set[str]) -> None:
+    path = DOCKERFILES[flavour]
+    extras = set(arg_default(path, "EXTRAS").split(","))
+    assert extras <= declared_extras(), f"{path.name}: unknown extras {extras - declared_extras()}"
+    # dicom: DICOM input gets a DICOM SEG by default; fast: `--backend auto` on the CPU
+    assert needed <= extras, f"{path.name} leaves out {needed - extras}"
+    runtime = stages(path)[-1]
+    environment = " ".join(a for k, a in runtime if k == "ENV")
+    assert "XDG_CACHE_HOME=/cache" in environment  # the backends' export cache
+    assert any(k == "RUN" and "chmod 1777 /cache" in a for k, a in runtime)  # any --user
