@@ -1,5 +1,5 @@
 """Backends: the sliding-window forward on ONNX Runtime, OpenVINO and bf16 autocast,
-each against PyTorch float32, for every network's small preset.
+each against PyTorch float32, for every network's small (or ``--preset tiny``) preset.
 
 Each network is built untrained and seeded (``_common.model_dir``) and prepared as
 ``medseg predict`` prepares it (``medseg.pipelines.backends.prepare_network``: torch runs
@@ -16,6 +16,7 @@ export (once per network and size, cached) is timed separately.
 
     .venv/bin/python benchmarks/backends.py
     .venv/bin/python benchmarks/backends.py --crop 96 96 32 --networks unetpp
+    .venv/bin/python benchmarks/backends.py --preset tiny   # what ``auto`` does for tiny ones
 """
 
 from __future__ import annotations
@@ -43,13 +44,25 @@ class Network:
     roi: tuple[int, ...]
 
 
-NETWORKS = [
-    Network("unetpp", "small", (64, 64, 64)),
-    Network("hdenseunet", "small", (128, 128, 12)),
-    Network("swin_unetr", "small", (64, 64, 64)),
-    Network("att_swinunet", "small", (224, 224)),
-]
+NETWORKS = {
+    "small": [
+        Network("unetpp", "small", (64, 64, 64)),
+        Network("hdenseunet", "small", (128, 128, 12)),
+        Network("swin_unetr", "small", (64, 64, 64)),
+        Network("att_swinunet", "small", (224, 224)),
+    ],
+    # the rois benchmarks/compute_efficiency.py gives the tiny presets
+    "tiny": [
+        Network("unetpp", "tiny", (64, 64, 64)),
+        Network("hdenseunet", "tiny", (128, 128, 8)),
+        Network("swin_unetr", "tiny", (64, 64, 64)),
+        Network("att_swinunet", "tiny", (64, 64)),
+    ],
+}
 SIZES = {"brats": (4, 240, 240, 155), "lits": (1, 512, 512, 48)}
+# A liver window in HU, as medseg train fits one (the volumes here are already normalised,
+# so it only has to be a valid model: the export describes it).
+CT_INTENSITY = {"window_low": -100.0, "window_high": 240.0, "mean": 90.0, "std": 60.0}
 
 
 def cpu_capability() -> str:
@@ -82,7 +95,7 @@ def prepare(network: Network, layout: str, backend: str, folder: Path) -> tuple[
     from medseg.pipelines.model_dir import open_model
     from medseg.pipelines.prediction.backends import prepare_network
 
-    directory = folder / f"{network.name}-{layout}"
+    directory = folder / f"{network.name}-{network.preset}-{layout}"
     if not directory.exists():
         model_dir(
             directory,
@@ -92,6 +105,7 @@ def prepare(network: Network, layout: str, backend: str, folder: Path) -> tuple[
             roi_size=network.roi,
             overlap=0.25,
             sw_batch_size=2,
+            intensity=CT_INTENSITY if layout == "lits" else None,
         )
     config, loaded = open_model(directory)
     started = time.perf_counter()
@@ -173,7 +187,8 @@ def measure(network: Network, layout: str, shape: tuple, args, folder: Path) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--networks", nargs="*", default=[n.name for n in NETWORKS])
+    parser.add_argument("--networks", nargs="*", default=[n.name for n in NETWORKS["small"]])
+    parser.add_argument("--preset", choices=list(NETWORKS), default="small")
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--crop", type=int, nargs=3, help="cut both volumes to X Y Z at most")
     parser.add_argument(
@@ -192,7 +207,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medseg-backends-") as scratch:
         # the exports are cached in the scratch folder, not in the user's cache
         os.environ["XDG_CACHE_HOME"] = scratch
-        for network in [n for n in NETWORKS if n.name in args.networks]:
+        for network in [n for n in NETWORKS[args.preset] if n.name in args.networks]:
             for layout in args.sizes:
                 shape = SIZES[layout]
                 if args.crop:
@@ -202,8 +217,8 @@ def main() -> None:
     print()
     print(markdown_table([*columns, "prepare s"], rows))
     print(
-        f"\nroi as trained (UNet++ and Swin UNETR 64^3, H-DenseUNet 128x128x12, Att-SwinU-Net "
-        f"224x224 slice by slice), 2 windows per forward; s/forward: median of "
+        f"\nroi: {', '.join(f'{n.name} {n.roi}' for n in NETWORKS[args.preset])} (2D: slice "
+        f"by slice), 2 windows per forward; s/forward: median of "
         f"{args.repeats} alternated forwards; x torch: median of the per-repeat ratios; "
         f"labels: argmax of the logits of one sliding-window pass over the volume (overlap "
         f"0.25, Gaussian blending); prepare s: export and compile (torch: channels-last copy)."

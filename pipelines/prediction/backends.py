@@ -11,7 +11,8 @@ complete file (the last rename wins; both are the same network).
 
 ``auto`` takes, per network, the backend that ``benchmarks/backends.py`` measured fastest
 among those whose labels agree with torch on >= 99.9 % of voxels (``AUTO_BACKEND``), for
-the small presets and up (tiny ones keep torch, ``AUTO_TORCH_PRESETS``); when that
+the small presets and up (tiny ones keep torch, ``AUTO_TORCH_PRESETS``, until a run with
+that backend named has cached their export); when that
 backend is not installed or cannot export the network it falls back to torch and logs
 why. Other devices than the CPU always run torch.
 """
@@ -46,9 +47,9 @@ AUTO_BACKEND: dict[str, str] = {
     "swin_unetr": "openvino",
     "att_swinunet": "openvino",
 }
-# auto keeps torch for these presets: the backends were measured on the small presets, and
-# for a network as small as a tiny one the one-time export (seconds to minutes) would
-# hardly pay back on the forwards it saves.
+# auto keeps torch for these presets unless their export is already cached: their forward
+# is just as much faster on OpenVINO (0.03-0.34x torch's, benchmarks/README.md section 11),
+# but making the export took 1-6 minutes there, more than a few cases' sliding windows take.
 AUTO_TORCH_PRESETS = frozenset({"tiny"})
 # Largest absolute logit difference from torch a runtime may show on its check window;
 # float32 runtimes measured 1e-6 to 1e-5 (export.TOLERANCE is 1e-4 for the file itself).
@@ -142,7 +143,8 @@ def prepare_network(
     or ``openvino``: a ``RuntimeNetwork`` over the cached ONNX export of ``network`` (of
     head ``prune_level`` for UNet++); ``auto``: ``AUTO_BACKEND``'s choice for the network,
     torch on other devices than the CPU, with an autocast ``precision`` (only torch has
-    one), for a preset in ``AUTO_TORCH_PRESETS``, or when that choice is unavailable
+    one), for a preset in ``AUTO_TORCH_PRESETS`` whose export is not cached yet, or when
+    that choice is unavailable
     (logged). Raises ``ConfigError`` (see ``require_backend``; also for a ``precision``
     with another backend than torch) or ``ExportError`` for a named backend that cannot
     run the network.
@@ -155,7 +157,14 @@ def prepare_network(
     if backend == "auto":
         on_cpu = device.type == "cpu" and precision is None
         chosen = AUTO_BACKEND.get(config.network.name, "torch") if on_cpu else "torch"
-        if config.network.preset in AUTO_TORCH_PRESETS:
+        tiny = config.network.preset in AUTO_TORCH_PRESETS
+        if chosen != "torch" and tiny and not _export_cached(config, network, prune_level):
+            logger.info(
+                "backend auto: torch for a %s preset (`--backend %s` makes its export "
+                "once; later runs of auto use it)",
+                config.network.preset,
+                chosen,
+            )
             chosen = "torch"
         if chosen != "torch" and not _installed(chosen):
             logger.info("backend auto: %s is not installed; running torch", _PACKAGES[chosen])
@@ -173,16 +182,34 @@ def prepare_network(
         return inference_network(network, device)
 
 
+def _export_path(config: ModelConfig, network: nn.Module, prune_level: int | None) -> Path:
+    """Where ``network``'s cached ONNX export is, or will be made."""
+    from medseg.pipelines.export.export import FILES
+
+    return export_cache_dir() / export_key(config, network, prune_level) / FILES["onnx"]
+
+
+def _export_cached(config: ModelConfig, network: nn.Module, prune_level: int | None) -> bool:
+    """Whether ``network``'s ONNX export is already in the cache."""
+    return _export_path(config, network, prune_level).is_file()
+
+
 def _runtime_network(
     config: ModelConfig, network: nn.Module, backend: str, prune_level: int | None
 ) -> RuntimeNetwork:
-    from medseg.pipelines.export.export import FILES, export_network
+    from medseg.pipelines.export.export import export_network
 
-    folder = export_cache_dir() / export_key(config, network, prune_level)
-    path = folder / FILES["onnx"]
+    path = _export_path(config, network, prune_level)
+    folder = path.parent
     if not path.is_file():
         logger.info("exporting %s to %s for %s", config.network.name, path, backend)
-        export_network(config, network, "onnx", folder, prune_level=prune_level)
+        try:
+            export_network(config, network, "onnx", folder, prune_level=prune_level)
+        except OSError as error:
+            raise ConfigError(
+                f"{folder}: cannot write the {backend} export there ({error.strerror}); "
+                "set XDG_CACHE_HOME to a writable folder"
+            ) from error
     run = _SESSIONS[backend](path)
     _check_against_torch(run, network, config, backend, prune_level)
     levels = as_prunable(network).levels if abilities(config.network.name).prunable else None

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from medseg.datasets import discover
+from medseg.errors import ConfigError
 from medseg.pipelines.model_dir import open_model
 from medseg.pipelines.prediction import backends
 from medseg.pipelines.prediction.backends import (
@@ -113,3 +114,42 @@ def test_auto_falls_back_to_torch_and_says_why(monkeypatch, caplog, brats_model_
         prepared = prepare_network(config, network, torch.device("cpu"), "auto")
     assert not isinstance(prepared, RuntimeNetwork)
     assert "openvino is not installed; running torch" in caplog.text
+
+
+def test_unwritable_export_cache_is_one_line_and_auto_runs_torch(
+    monkeypatch, caplog, tmp_path, brats_model_dir
+):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go\n")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    config, network = open_model(brats_model_dir)
+    with pytest.raises(ConfigError, match=r"not-a-folder/medseg/exports/.*XDG_CACHE_HOME") as error:
+        prepare_network(config, network, torch.device("cpu"), "openvino")
+    assert "\n" not in str(error.value)
+
+    monkeypatch.setitem(backends.AUTO_BACKEND, "unetpp", "openvino")
+    monkeypatch.setattr(backends, "AUTO_TORCH_PRESETS", frozenset())
+    with caplog.at_level(logging.INFO, logger="medseg.pipelines.prediction.backends"):
+        prepared = prepare_network(config, network, torch.device("cpu"), "auto")
+    assert not isinstance(prepared, RuntimeNetwork)
+    assert "cannot write the openvino export there" in caplog.text
+    assert blocker.read_text() == "a file where the cache folder would go\n"
+
+
+def test_auto_runs_a_tiny_model_on_openvino_once_its_export_is_cached(
+    monkeypatch, caplog, cache_home, brats_model_dir
+):
+    monkeypatch.setitem(backends.AUTO_BACKEND, "unetpp", "openvino")
+    config, network = open_model(brats_model_dir)
+    assert config.network.preset in backends.AUTO_TORCH_PRESETS
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home / "empty"))
+    with caplog.at_level(logging.INFO, logger="medseg.pipelines.prediction.backends"):
+        first = prepare_network(config, network, torch.device("cpu"), "auto")
+    assert not isinstance(first, RuntimeNetwork)
+    assert "`--backend openvino` makes its export once" in caplog.text
+    assert not (cache_home / "empty").exists()  # auto did not export by itself
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    prepare_network(config, network, torch.device("cpu"), "openvino")  # cached by the module
+    later = prepare_network(config, network, torch.device("cpu"), "auto")
+    assert isinstance(later, RuntimeNetwork) and later.backend == "openvino"
