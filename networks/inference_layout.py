@@ -18,6 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from medseg.networks.cpu_attention import with_inference_swin_stages
+from medseg.networks.pointwise_conv import with_pointwise_convs
+
 # float32 values per AVX-512 register, times four registers in flight
 VECTOR_LANES = 64
 CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
@@ -79,8 +82,9 @@ class ChannelsLastInstanceNorm(nn.Module):
 
 def channels_last_for_inference(network: nn.Module) -> nn.Module:
     """A copy of ``network`` for inference: 4D weights in ``torch.channels_last``, 5D ones in
-    ``torch.channels_last_3d`` (so convolutions run NHWC / NDHWC whatever the input's layout)
-    and instance norms without running statistics replaced by ``ChannelsLastInstanceNorm``.
+    ``torch.channels_last_3d`` (so convolutions run NHWC / NDHWC whatever the input's layout),
+    instance norms without running statistics replaced by ``ChannelsLastInstanceNorm``, MONAI's
+    Swin stages by ``InferenceSwinStage`` and 1x1 convolutions by ``PointwiseConv``.
     Outputs equal the original's up to float rounding (about 1e-5 relative); ``network``
     itself is left unchanged."""
     prepared = copy.deepcopy(network)
@@ -88,6 +92,7 @@ def channels_last_for_inference(network: nn.Module) -> nn.Module:
         for name, child in list(module.named_children()):
             if isinstance(child, _InstanceNorm) and not child.track_running_stats:
                 setattr(module, name, ChannelsLastInstanceNorm(child))
+    with_pointwise_convs(with_inference_swin_stages(prepared))
     for parameter in prepared.parameters():
         if parameter.dim() in CHANNELS_LAST:
             parameter.data = parameter.data.contiguous(memory_format=CHANNELS_LAST[parameter.dim()])
