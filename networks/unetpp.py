@@ -30,6 +30,7 @@ from monai.networks.layers.factories import Conv, Pool
 from monai.networks.nets.basic_unet import TwoConv
 
 from medseg.networks._registry import Abilities, preset_options, register_network
+from medseg.networks.inference_layout import SplitInputConvolution
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's 2D configuration (Section IV-B): 32-64-128-256-512 filters.
@@ -99,6 +100,8 @@ class UNetPlusPlus(nn.Module):
         self.depth = depth
         self.levels = prune_level or depth
         self.deep_supervision = deep_supervision
+        self.concatenate = True
+        self.features = tuple(features)
         self.strides = [tuple(int(factor) for factor in level) for level in strides]
         self.pools = nn.ModuleList(
             Pool["max", spatial_dims](kernel_size=level) for level in self.strides
@@ -153,13 +156,25 @@ class UNetPlusPlus(nn.Module):
             for depth_index in range(level - position + 1):
                 name = _node_name(depth_index, position)
                 upsampled = self.ups[name](outputs[(depth_index + 1, position - 1)])
-                same_level = [outputs[(depth_index, k)] for k in range(position)]
+                inputs = [*(outputs[(depth_index, k)] for k in range(position)), upsampled]
                 outputs[(depth_index, position)] = self.nodes[name](
-                    torch.cat([*same_level, upsampled], dim=1)
+                    torch.cat(inputs, dim=1) if self.concatenate else inputs
                 )
         if every_head or (self.training and self.deep_supervision):
             return [self.heads[j - 1](outputs[(0, j)]) for j in range(level, 0, -1)]
         return self.heads[level - 1](outputs[(0, level)])
+
+    def split_concatenations(self) -> None:
+        """For an inference copy: each nested-skip node's first convolution becomes a
+        ``SplitInputConvolution`` over X(i, 0..j-1) and the up-sampled X(i+1, j-1), and
+        the forward passes it those tensors instead of their concatenation. Its
+        ``state_dict`` keys change; the outputs do not (up to float rounding)."""
+        for position in range(1, self.levels + 1):
+            for depth_index in range(self.levels - position + 1):
+                first = self.nodes[_node_name(depth_index, position)].conv_0
+                widths = [self.features[depth_index]] * (position + 1)
+                first.conv = SplitInputConvolution(first.conv, widths)
+        self.concatenate = False
 
     def divisor(self, level: int | None = None) -> tuple[int, ...]:
         """Per spatial axis, what input sizes must divide by at ``level`` (default: all)."""
