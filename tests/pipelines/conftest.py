@@ -17,6 +17,7 @@ learning test and the invariance tests predict with that one model.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,14 @@ def run_medseg(*args: str | Path) -> None:
             raise RuntimeError(f"medseg {args[0]} exited with status {exit_.code}") from None
     finally:
         sys.argv = argv
+
+
+@pytest.fixture(scope="session")
+def medseg_here() -> Callable[..., None]:
+    """``run_medseg``, for module-scoped fixtures in test files: ``medseg`` run in this
+    process, which has torch and MONAI imported already (a new process spends seconds on
+    them)."""
+    return run_medseg
 
 
 @pytest.fixture(scope="session")

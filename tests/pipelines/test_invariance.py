@@ -70,12 +70,8 @@ def dice(first: np.ndarray, second: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def predictions(real_brain_model, tmp_path_factory):
+def predictions(real_brain_model, tmp_path_factory, medseg_here):
     """Every variant of every held-out slab, predicted in one ``medseg predict`` run."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     folder = tmp_path_factory.mktemp("variants")
     inputs = folder / "inputs"
     inputs.mkdir()
@@ -85,12 +81,7 @@ def predictions(real_brain_model, tmp_path_factory):
         nib.save(image, inputs / f"{case}__original.nii.gz")
         for name, variant in VARIANTS.items():
             nib.save(variant(image), inputs / f"{case}__{name}.nii.gz")
-    medseg = Path(sys.executable).with_name("medseg")
-    subprocess.run(
-        [str(medseg), "-q", "predict", str(real_brain_model.model_dir), str(inputs),
-         "--output", str(folder / "out")],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    medseg_here("predict", real_brain_model.model_dir, inputs, "--output", folder / "out")
     return folder / "out", sorted(held_out)
 
 

@@ -119,7 +119,9 @@ def test_predict_and_evaluate_log_a_line_per_case(session):
     assert sorted(segmented) == sorted(scored) == [f"BraTS2021_0000{k}" for k in range(4)]
 
 
-def test_epochs_count_from_one_in_mlflow_summary_and_model(session, client, training_run):
+def test_epochs_count_from_one_in_mlflow_summary_and_model(
+    session, client, training_run, medseg_cli
+):
     run_id = training_run.info.run_id
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]
     validated = client.get_metric_history(run_id, "val/dice_mean")
@@ -128,13 +130,9 @@ def test_epochs_count_from_one_in_mlflow_summary_and_model(session, client, trai
     summary = json.loads((session["root"] / "run" / "training_summary.json").read_text())
     best = max(validated, key=lambda m: (m.value, -m.step))
     assert summary["best_epoch"] == best.step == summary["validation"]["epoch"]
-    info = subprocess.run(
-        [MEDSEG, "info", session["root"] / "run" / "model", "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    details = json.loads(info.stdout)
+    info = medseg_cli("info", session["root"] / "run" / "model", "--json")
+    assert info.code == 0, info.err
+    details = json.loads(info.out)
     assert details["training"]["epoch"] == best.step
     assert details["provenance"]["mlflow_run_id"] == run_id
     assert f"(epoch {best.step})" in session["train"].stdout

@@ -1,5 +1,10 @@
 """Training is resumable to the bit, data-parallel without changing the numbers, tracked in
-MLflow (even when the server is down), registrable, and cross-validated on request."""
+MLflow (even when the server is down), registrable, and cross-validated on request.
+
+The runs that must be other processes are (the one killed mid-epoch, torchrun's ranks);
+the others run ``medseg`` in this process, as each new process spends seconds importing
+torch, MONAI and MLflow.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,8 @@ import torch
 import yaml
 
 MEDSEG = str(Path(sys.executable).with_name("medseg"))
-# One thread in every process, so a run and its resumed or data-parallel twin add up
-# floating-point numbers in the same order.
+# One thread in every process (this one runs on one too: the suite's ``single_thread``), so
+# a run and its resumed or data-parallel twin add up floating-point numbers in the same order.
 SERIAL = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -49,19 +54,6 @@ def write_config(folder: Path, root: Path, **sections) -> Path:
     return path
 
 
-def run(*args, env=None, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [MEDSEG, *map(str, args)],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=os.environ | SERIAL | (env or {}),
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
 def checkpoint_epoch(path: Path) -> int:
     """The last finished epoch a checkpoint holds, counted from 1 (0 before the first one
     is written)."""
@@ -75,17 +67,18 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, small_brats) -> dict[str, torch.Tensor]:
-    """Final weights of the tiny run trained from start to end without interruption."""
+def uninterrupted(tmp_path_factory, small_brats, medseg_here) -> dict[str, torch.Tensor]:
+    """Final weights of the tiny run trained from start to end without interruption, in
+    this process (the killed run, which the resumed one continues, is another process)."""
     folder = tmp_path_factory.mktemp("whole")
-    run("train", write_config(folder, small_brats))
+    medseg_here("train", write_config(folder, small_brats))
     return final_weights(folder / "run")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("after_epoch", [1, 2])
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(
-    tmp_path, small_brats, uninterrupted, after_epoch
+    tmp_path, small_brats, uninterrupted, after_epoch, medseg_cli
 ):
     killed = write_config(tmp_path / "killed", small_brats)
     process = subprocess.Popen(
@@ -102,7 +95,8 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert after_epoch <= checkpoint_epoch(checkpoint) < 4
-    run("train", "--resume", tmp_path / "killed" / "run")
+    resumed_run = medseg_cli("train", "--resume", tmp_path / "killed" / "run")
+    assert resumed_run.code == 0, resumed_run.err
     resumed = final_weights(tmp_path / "killed" / "run")
     assert uninterrupted.keys() == resumed.keys()
     for key in uninterrupted:
@@ -110,12 +104,15 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(
 
 
 @pytest.mark.slow
-def test_two_process_gloo_run_follows_the_single_process_loss_curve(tmp_path, small_brats):
+def test_two_process_gloo_run_follows_the_single_process_loss_curve(
+    tmp_path, small_brats, medseg_cli
+):
     # Cross-entropy is a mean over voxels, so half-batches averaged across ranks equal the
     # whole batch; a batch Dice would not split that way.
     for name in ("single", "ddp"):
         write_config(tmp_path / name, small_brats, train={"loss": "ce", "epochs": 3})
-    run("train", tmp_path / "single" / "config.yaml")
+    single = medseg_cli("train", tmp_path / "single" / "config.yaml")
+    assert single.code == 0, single.err
     torchrun = [
         sys.executable,
         "-m",
@@ -148,60 +145,56 @@ def test_two_process_gloo_run_follows_the_single_process_loss_curve(tmp_path, sm
     )
 
 
-def test_unreachable_tracking_server_does_not_stop_training(tmp_path, small_brats):
+def test_unreachable_tracking_server_does_not_stop_training(
+    tmp_path, small_brats, medseg_cli, monkeypatch
+):
     config = write_config(
         tmp_path, small_brats, train={"epochs": 1}, tracking={"enabled": True, "experiment": "x"}
     )
-    result = run("train", config, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
-    assert "continuing without tracking" in result.stderr
-    assert result.stderr.count("continuing without tracking") == 1
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    result = medseg_cli("train", config)
+    assert result.code == 0, result.err
+    assert "continuing without tracking" in result.err
+    assert result.err.count("continuing without tracking") == 1
     assert (tmp_path / "run" / "model" / "weights.safetensors").is_file()
 
 
 @pytest.mark.slow
-def test_registered_model_predicts_from_a_fresh_directory(tmp_path, small_brats):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {"MLFLOW_TRACKING_URI": store}
+def test_registered_model_predicts_from_a_fresh_directory(
+    tmp_path, small_brats, medseg_cli, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     config = write_config(
         tmp_path, small_brats, train={"epochs": 1}, tracking={"enabled": True, "experiment": "reg"}
     )
-    run("train", config, "--register", "brats-tiny", env=env)
+    trained = medseg_cli("train", config, "--register", "brats-tiny")
+    assert trained.code == 0, trained.err
     fresh = tmp_path / "elsewhere"
     fresh.mkdir()
-    result = subprocess.run(
-        [
-            MEDSEG,
-            "predict",
-            "models:/brats-tiny/1",
-            str(small_brats / "BraTS2021_00000"),
-            "--output",
-            "out",
-        ],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        cwd=fresh,
-        env=os.environ | SERIAL | env,
-    )
-    assert result.returncode == 0, result.stderr
+    monkeypatch.chdir(fresh)
+    case = small_brats / "BraTS2021_00000"
+    result = medseg_cli("predict", "models:/brats-tiny/1", case, "--output", "out")
+    assert result.code == 0, result.err
     assert (fresh / "out" / "BraTS2021_00000.nii.gz").is_file()
 
 
 @pytest.mark.slow
-def test_cross_validation_trains_every_fold_and_summarises(tmp_path, small_brats):
+def test_cross_validation_trains_every_fold_and_summarises(tmp_path, small_brats, medseg_cli):
     config = write_config(
         tmp_path,
         small_brats,
         train={"epochs": 1},
         data={"folds": 2},
     )
-    run("train", config, "--folds", "all")
+    trained = medseg_cli("train", config, "--folds", "all")
+    assert trained.code == 0, trained.err
     summary = json.loads((tmp_path / "run" / "cross_validation.json").read_text())
     assert [fold["fold"] for fold in summary["folds"]] == [0, 1]
     assert set(summary["mean"]) == {"TC", "WT", "ET", "mean"}
     assert all((tmp_path / "run" / f"fold_{k}" / "model" / "config.yaml").is_file() for k in (0, 1))
-    run("train", "--resume", tmp_path / "run", "--folds", "all")  # finished folds are skipped
-    predicted = run(
-        "predict", tmp_path / "run", small_brats / "BraTS2021_00001", "--output", tmp_path / "out"
-    )
-    assert "1 segmented" in predicted.stdout
+    resumed = medseg_cli("train", "--resume", tmp_path / "run", "--folds", "all")
+    assert resumed.code == 0, resumed.err  # finished folds are skipped
+    case = small_brats / "BraTS2021_00001"
+    predicted = medseg_cli("predict", tmp_path / "run", case, "--output", tmp_path / "out")
+    assert predicted.code == 0, predicted.err
+    assert "1 segmented" in predicted.out
