@@ -139,10 +139,16 @@ def build_for_backend(
 
 
 def count_flops(function: Callable[[], object]) -> int:
-    """FLOPs of one call of ``function`` as ``FlopCounterMode`` counts them."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one call of ``function`` as ``FlopCounterMode`` counts them, with the CPU's
+    flash attention counted as PyTorch counts its GPU kernels (its own table has no entry
+    for it, so the attention networks' attention counted as 0 FLOPs before 2026-11-29)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    counter = FlopCounterMode(display=False)
+    def cpu_flash_attention(query, key, value, *args, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    cpu_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    counter = FlopCounterMode(display=False, custom_mapping={cpu_flash: cpu_flash_attention})
     with counter:
         function()
     return int(counter.get_total_flops())
