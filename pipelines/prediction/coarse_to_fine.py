@@ -8,11 +8,12 @@ box widened by one coarse voxel (the coarse pass cannot place an edge more finel
 the margin. The fine pass runs the fewest consecutive windows of the full pass's grid that
 cover the box (the crop starts and ends on that grid), so wherever every window of the
 full pass over a voxel lies inside the crop, the probabilities equal the full pass's.
-A connected component much smaller than the largest one of the same structure is a speck
-and is left out of the box and of the edge check; a small structure of its own (a
-gallbladder beside a liver) is not. When the coarse pass finds nothing, or the fine
-foreground reaches a face of the crop inside the volume (the structure goes on beyond the
-box), the full pass runs instead.
+What the model's postprocessing would remove from the output (all but the largest
+component of a liver, say) places no box, and a connected component much smaller than the
+largest one of the same structure is a speck and is left out of the box and of the edge
+check; a small structure of its own (a gallbladder beside a liver) is not. When the coarse
+pass finds nothing, or the fine foreground reaches a face of the crop inside the volume
+(the structure goes on beyond the box), the full pass runs instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 
 from medseg.datasets.base import LabelScheme
 from medseg.pipelines.inference import plain_tensor
+from medseg.pipelines.model_dir import Postprocessing
+from medseg.pipelines.prediction.postprocess import postprocess
+from medseg.transforms.labels import paint_labels
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +54,6 @@ def window_aligned_range(
     return first, max(last, first) + window
 
 
-def structure_masks(probability: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
-    """Boolean ``(K, *spatial)``: one mask per structure for probabilities
-    ``(C, *spatial)``: each region above 0.5 (``K = C``), or each class other than the
-    background where it is the most probable (``K = C - 1``)."""
-    if scheme.mode == "regions":
-        return probability > 0.5
-    best = probability.argmax(0)
-    return torch.stack([best == index for index in range(1, probability.shape[0])])
-
-
 def main_components(mask: torch.Tensor, share: float = 0.1) -> torch.Tensor:
     """``mask`` (boolean) without the connected components smaller than ``share`` of the
     largest: a stray false-positive speck would otherwise stretch the box over the volume
@@ -74,13 +68,24 @@ def main_components(mask: torch.Tensor, share: float = 0.1) -> torch.Tensor:
     return torch.from_numpy(np.isin(components, kept))
 
 
-def foreground(probability: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
-    """Boolean ``(*spatial)``: the voxels of probabilities ``(C, *spatial)`` labelled as any
-    structure, without each structure's specks (``main_components`` per structure, so a
-    small structure is judged against its own kind, never against a large neighbour)."""
-    masks = structure_masks(probability, scheme)
-    kept = torch.zeros(masks.shape[1:], dtype=torch.bool)
-    for mask in masks:
+def foreground(
+    probability: torch.Tensor,
+    scheme: LabelScheme,
+    rules: Postprocessing | None = None,
+    voxel_ml: float = 0.0,
+) -> torch.Tensor:
+    """Boolean ``(*spatial)``: the voxels of probabilities ``(C, *spatial)`` that the label
+    map keeps as any structure after the model's postprocessing ``rules`` (None: none; a
+    component the output would drop, such as all but the largest liver, needs no box;
+    ``voxel_ml`` is one voxel's volume in ml), without each structure's specks
+    (``main_components`` per structure, so a small structure is judged against its own
+    kind, never against a large neighbour)."""
+    labels = paint_labels(probability, scheme)
+    if rules is not None:
+        labels = postprocess(labels, scheme, rules, voxel_ml)
+    kept = torch.zeros(labels.shape, dtype=torch.bool)
+    for values in scheme.foreground.values():
+        mask = torch.from_numpy(np.isin(labels, values))
         if mask.any():
             kept |= main_components(mask)
     return kept
@@ -108,11 +113,13 @@ class FineRegion:
 
 @dataclass(frozen=True)
 class CoarseToFine:
-    """Settings: ``factor`` (downsampling per axis of the coarse pass, >= 2) and
-    ``margin_mm`` (added around the coarse foreground's bounding box, in mm)."""
+    """Settings: ``factor`` (downsampling per axis of the coarse pass, >= 2),
+    ``margin_mm`` (added around the coarse foreground's bounding box, in mm) and the
+    model's postprocessing ``rules`` the output will get (None: none)."""
 
     factor: int = 2
     margin_mm: float = 10.0
+    rules: Postprocessing | None = None
 
     def crop(
         self,
@@ -170,14 +177,19 @@ class CoarseToFine:
         image's voxel size in mm per axis."""
         plain = plain_tensor(image)
         spatial = tuple(plain.shape[2:])
-        coarse = foreground(predict(self.downsample(plain, window)), scheme)
+        small = self.downsample(plain, window)
+        coarse_mm = [mm * n / m for mm, n, m in zip(spacing, spatial, small.shape[2:], strict=True)]
+        coarse = foreground(predict(small), scheme, self.rules, math.prod(coarse_mm) / 1000)
         region = self.crop(coarse, spatial, spacing, window, overlap)
         if region is None:
             logger.info("coarse-to-fine: the coarse pass found no foreground; full pass")
             return predict(image), None
         inside = (slice(None), slice(None), *region.crop)
         fine = predict(plain[inside])
-        if _reaches_inner_edge(foreground(fine, scheme), region.crop, spatial):
+        voxel_ml = math.prod(spacing) / 1000
+        if _reaches_inner_edge(
+            foreground(fine, scheme, self.rules, voxel_ml), region.crop, spatial
+        ):
             logger.info("coarse-to-fine: the foreground reaches the box's edge; full pass")
             return predict(image), None
         share = math.prod(r.stop - r.start for r in region.crop) / math.prod(spatial)

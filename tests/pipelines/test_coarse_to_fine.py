@@ -183,3 +183,15 @@ def test_a_small_structure_is_judged_against_its_own_kind_not_its_neighbour():
     kept = foreground(torch.nn.functional.one_hot(labels, 3).movedim(-1, 0).float(), scheme)
     assert kept[2:22, 2:22, 2:22].all() and kept[25:27, 25:27, 25:27].all()
     assert not kept[28, 0, 28]
+
+
+def test_what_the_postprocessing_removes_places_no_box():
+    from medseg.pipelines.model_dir import Postprocessing
+
+    organ = torch.zeros(30, 30, 30)
+    organ[2:12, 2:12, 2:12] = 1.0  # the organ
+    organ[20:26, 20:26, 20:26] = 1.0  # a false positive a fifth its size: not a speck
+    probability = torch.stack([1 - organ, organ])
+    assert foreground(probability, SCHEME)[20:26, 20:26, 20:26].all()
+    kept = foreground(probability, SCHEME, Postprocessing(largest_component=["organ"]), 0.001)
+    assert kept[2:12, 2:12, 2:12].all() and not kept[20:26, 20:26, 20:26].any()
