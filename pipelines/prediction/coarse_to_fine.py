@@ -1,14 +1,19 @@
 """Coarse-to-fine inference: find the foreground on a downsampled volume, then run the
-full-resolution sliding window only on the windows around it; the rest is background.
+full-resolution sliding window only over a box around it; the rest is background.
 
 The coarse pass is the same model on the preprocessed volume downsampled ``factor`` times
 per axis (``factor**3`` fewer voxels and windows in 3D): it works for every network, not
-only UNet++, and it only has to place a box, which the margin and whole windows widen.
-The fine pass runs exactly the full pass's windows that touch the box (the crop is aligned
-to the full pass's window grid), so inside the box the probabilities equal the full pass's.
-Specks much smaller than the largest structure found are left out of the box and of the
-edge check. When the coarse pass finds nothing, or the fine foreground reaches the crop's
-inner edge (the structure goes on beyond the box), the full pass runs instead.
+only UNet++, and it only has to place a box. The box is the coarse foreground's bounding
+box widened by one coarse voxel (the coarse pass cannot place an edge more finely) and
+the margin. The fine pass runs the fewest consecutive windows of the full pass's grid that
+cover the box (the crop starts and ends on that grid), so wherever every window of the
+full pass over a voxel lies inside the crop, the probabilities equal the full pass's.
+What the model's postprocessing would remove from the output (all but the largest
+component of a liver, say) places no box, and a connected component much smaller than the
+largest one of the same structure is a speck and is left out of the box and of the edge
+check; a small structure of its own (a gallbladder beside a liver) is not. When the coarse
+pass finds nothing, or the fine foreground reaches a face of the crop inside the volume
+(the structure goes on beyond the box), the full pass runs instead.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ import torch.nn.functional as F
 
 from medseg.datasets.base import LabelScheme
 from medseg.pipelines.inference import plain_tensor
+from medseg.pipelines.model_dir import Postprocessing
+from medseg.pipelines.prediction.postprocess import postprocess
+from medseg.transforms.labels import paint_labels
 
 logger = logging.getLogger(__name__)
 
@@ -31,24 +39,19 @@ logger = logging.getLogger(__name__)
 def window_aligned_range(
     size: int, window: int, overlap: float, low: int, high: int
 ) -> tuple[int, int]:
-    """``(start, stop)`` along one axis of ``size`` voxels: the union of the windows of a
-    sliding pass (MONAI's grid for ``window`` and ``overlap``) that overlap voxels
-    ``low:high``. An axis no longer than the window is taken whole."""
+    """``(start, stop)`` along one axis of ``size`` voxels: the fewest consecutive windows
+    of a sliding pass (MONAI's grid for ``window`` and ``overlap``) that cover voxels
+    ``low:high``, from the first window's start to the last one's end. An axis no longer
+    than the window is taken whole."""
+    from monai.data.utils import dense_patch_slices
+
     if size <= window:
         return 0, size
     step = max(int(window * (1 - overlap)), 1)
-    count = math.ceil((size - window) / step) + 1
-    starts = [min(index * step, size - window) for index in range(count)]
-    touching = [start for start in starts if start < high and start + window > low]
-    return touching[0], touching[-1] + window
-
-
-def foreground_mask(probability: torch.Tensor, scheme: LabelScheme) -> torch.Tensor:
-    """Boolean ``(*spatial)``: voxels of probabilities ``(C, *spatial)`` labelled as any
-    structure (a region above 0.5; a class other than the background most probable)."""
-    if scheme.mode == "regions":
-        return (probability > 0.5).any(0)
-    return probability.argmax(0) != 0
+    starts = [int(part.start) for (part,) in dense_patch_slices((size,), (window,), (step,))]
+    first = max(start for start in starts if start <= low)
+    last = min(start for start in starts if start + window >= high)
+    return first, max(last, first) + window
 
 
 def main_components(mask: torch.Tensor, share: float = 0.1) -> torch.Tensor:
@@ -65,6 +68,29 @@ def main_components(mask: torch.Tensor, share: float = 0.1) -> torch.Tensor:
     return torch.from_numpy(np.isin(components, kept))
 
 
+def foreground(
+    probability: torch.Tensor,
+    scheme: LabelScheme,
+    rules: Postprocessing | None = None,
+    voxel_ml: float = 0.0,
+) -> torch.Tensor:
+    """Boolean ``(*spatial)``: the voxels of probabilities ``(C, *spatial)`` that the label
+    map keeps as any structure after the model's postprocessing ``rules`` (None: none; a
+    component the output would drop, such as all but the largest liver, needs no box;
+    ``voxel_ml`` is one voxel's volume in ml), without each structure's specks
+    (``main_components`` per structure, so a small structure is judged against its own
+    kind, never against a large neighbour)."""
+    labels = paint_labels(probability, scheme)
+    if rules is not None:
+        labels = postprocess(labels, scheme, rules, voxel_ml)
+    kept = torch.zeros(labels.shape, dtype=torch.bool)
+    for values in scheme.foreground.values():
+        mask = torch.from_numpy(np.isin(labels, values))
+        if mask.any():
+            kept |= main_components(mask)
+    return kept
+
+
 def background(channels: int, spatial: Sequence[int], scheme: LabelScheme) -> torch.Tensor:
     """Probabilities ``(channels, *spatial)`` float32 of pure background: every region 0; for
     classes, the background class 1 and the others 0."""
@@ -77,8 +103,9 @@ def background(channels: int, spatial: Sequence[int], scheme: LabelScheme) -> to
 @dataclass(frozen=True)
 class FineRegion:
     """Where the fine pass ran, as slices of the full grid: ``box`` is the coarse
-    foreground's bounding box widened by the margin, ``crop`` the whole windows of the full
-    pass that touch it (what the fine pass ran on; it holds ``box``)."""
+    foreground's bounding box widened by one coarse voxel and the margin, ``crop`` the
+    fewest whole windows of the full pass's grid that cover it (what the fine pass ran on;
+    it holds ``box``)."""
 
     box: tuple[slice, ...]
     crop: tuple[slice, ...]
@@ -86,11 +113,13 @@ class FineRegion:
 
 @dataclass(frozen=True)
 class CoarseToFine:
-    """Settings: ``factor`` (downsampling per axis of the coarse pass, >= 2) and
-    ``margin_mm`` (added around the coarse foreground's bounding box, in mm)."""
+    """Settings: ``factor`` (downsampling per axis of the coarse pass, >= 2),
+    ``margin_mm`` (added around the coarse foreground's bounding box, in mm) and the
+    model's postprocessing ``rules`` the output will get (None: none)."""
 
     factor: int = 2
     margin_mm: float = 10.0
+    rules: Postprocessing | None = None
 
     def crop(
         self,
@@ -102,15 +131,16 @@ class CoarseToFine:
     ) -> FineRegion | None:
         """The fine pass's region of the full grid ``spatial`` (voxels of ``spacing`` mm),
         from the coarse foreground mask ``coarse`` (boolean, the downsampled grid): its
-        bounding box scaled up and widened by the margin, and that grown to whole sliding
-        windows (``window``, ``overlap``). None when ``coarse`` holds no foreground."""
+        bounding box scaled up and widened by one coarse voxel and the margin, and the
+        fewest sliding windows (``window``, ``overlap``) of the full grid that cover that.
+        None when ``coarse`` holds no foreground."""
         found = torch.nonzero(coarse)
         if not len(found):
             return None
         box, crop = [], []
         for axis, (size, mm, width) in enumerate(zip(spatial, spacing, window, strict=True)):
             scale = size / coarse.shape[axis]
-            margin = math.ceil(self.margin_mm / mm)
+            margin = math.ceil(scale) + math.ceil(self.margin_mm / mm)
             low = max(math.floor(int(found[:, axis].min()) * scale) - margin, 0)
             high = min(math.ceil((int(found[:, axis].max()) + 1) * scale) + margin, size)
             box.append(slice(low, high))
@@ -139,23 +169,26 @@ class CoarseToFine:
         spacing: Sequence[float],
     ) -> tuple[torch.Tensor, FineRegion | None]:
         """Probabilities ``(C_out, *spatial)`` for ``image`` ``(1, C_in, *spatial)`` and
-        where the fine pass ran (None: the full pass ran). Inside the region's ``box`` they
-        equal the full pass's (for one network without mirroring); outside its ``crop``
-        they are background. ``predict`` maps a
-        ``(1, C_in, *s)`` image to probabilities ``(C_out, *s)`` with sliding windows of
+        where the fine pass ran (None: the full pass ran). Wherever every full-pass window
+        over a voxel lies inside the region's ``crop`` they equal the full pass's (for one
+        network without mirroring); outside the crop they are background. ``predict`` maps
+        a ``(1, C_in, *s)`` image to probabilities ``(C_out, *s)`` with sliding windows of
         ``window`` (the slice axis included, as 1) at ``overlap``; ``spacing`` is the
         image's voxel size in mm per axis."""
         plain = plain_tensor(image)
         spatial = tuple(plain.shape[2:])
-        coarse = main_components(foreground_mask(predict(self.downsample(plain, window)), scheme))
+        small = self.downsample(plain, window)
+        coarse_mm = [mm * n / m for mm, n, m in zip(spacing, spatial, small.shape[2:], strict=True)]
+        coarse = foreground(predict(small), scheme, self.rules, math.prod(coarse_mm) / 1000)
         region = self.crop(coarse, spatial, spacing, window, overlap)
         if region is None:
             logger.info("coarse-to-fine: the coarse pass found no foreground; full pass")
             return predict(image), None
         inside = (slice(None), slice(None), *region.crop)
         fine = predict(plain[inside])
+        voxel_ml = math.prod(spacing) / 1000
         if _reaches_inner_edge(
-            main_components(foreground_mask(fine, scheme)), region.crop, spatial
+            foreground(fine, scheme, self.rules, voxel_ml), region.crop, spatial
         ):
             logger.info("coarse-to-fine: the foreground reaches the box's edge; full pass")
             return predict(image), None

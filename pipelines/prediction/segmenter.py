@@ -134,7 +134,11 @@ class Segmenter:
         inference = self.config.inference
         self.coarse_to_fine = None
         if inference.coarse_to_fine if coarse_to_fine is None else coarse_to_fine:
-            self.coarse_to_fine = CoarseToFine(inference.coarse_factor, inference.coarse_margin_mm)
+            self.coarse_to_fine = CoarseToFine(
+                inference.coarse_factor,
+                inference.coarse_margin_mm,
+                self.config.postprocessing if apply_postprocessing else None,
+            )
         self.transform = inference_transforms(self.config.preprocessing)
         self.invert = Invertd("pred", self.transform, orig_keys="image", nearest_interp=False)
 
