@@ -146,34 +146,85 @@ def thread_settings(environment: dict[str, str]) -> str:
 
 @dataclass
 class Run:
-    """A child process's wall time (s), peak resident memory (bytes) and exit status."""
+    """A child process's wall time (s), peak resident memory (bytes) and exit status;
+    ``tree_peak``: the peak of ``tree_memory`` over its run (bytes; 0 when not sampled)."""
 
     seconds: float
     peak_rss: int
     returncode: int
     output: str
+    tree_peak: int = 0
 
 
-def measured_run(command: Sequence[str], *, env: dict[str, str] | None = None) -> Run:
+def measured_run(
+    command: Sequence[str], *, env: dict[str, str] | None = None, tree: bool = False
+) -> Run:
     """Run ``command`` in a child process; its own wall time and peak RSS, from ``wait4``.
 
-    ``wait4`` gives the rusage of that one child (``RUSAGE_CHILDREN`` would give the largest
-    of all children so far). Output is captured to a temporary file, not a pipe, so a
-    chatty child never blocks.
+    ``wait4`` gives the rusage of that one child and of the descendants it waited for, the
+    largest single process's peak among them (``RUSAGE_CHILDREN`` would give the largest
+    of all children so far). With ``tree``, ``tree_memory`` of the child and its
+    descendants is also sampled every ``TREE_SAMPLE_S`` seconds: the memory of a program
+    that spreads its work over worker processes. Output is captured to a temporary file,
+    not a pipe, so a chatty child never blocks.
     """
     import tempfile
+    import threading
 
     with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         child = subprocess.Popen(
             list(command), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPOSITORY
         )
+        done, peaks = threading.Event(), [0]
+
+        def sample() -> None:
+            while not done.wait(TREE_SAMPLE_S):
+                peaks[0] = max(peaks[0], tree_memory(child.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if tree:
+            sampler.start()
         _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - started
+        done.set()
+        if tree:
+            sampler.join()
         child.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
         output = log.read().decode(errors="replace")
-    return Run(seconds, usage.ru_maxrss * 1024, child.returncode, output)
+    return Run(seconds, usage.ru_maxrss * 1024, child.returncode, output, peaks[0])
+
+
+TREE_SAMPLE_S = 0.2
+
+
+def tree_memory(pid: int) -> int:
+    """Bytes held by process ``pid`` and all its descendants: the sum of their proportional
+    set sizes (``Pss`` of /proc/PID/smaps_rollup: a page shared by n processes counts 1/n
+    in each, so libraries every worker maps count once). 0 without /proc. Read from /proc
+    by hand because psutil is no dependency of medseg."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # The command name in parentheses may hold spaces: the fields follow its ")".
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+    family, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        family.update(children)
+        frontier += children
+    total = 0
+    for member in family:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+    return total
 
 
 def require_success(run: Run, what: str) -> None:
@@ -293,10 +344,11 @@ def ct_intensity(cases_root: Path) -> dict[str, float]:
     return ct_statistics(fingerprint.samples[fingerprint.channels[0]]["foreground"])
 
 
-def warm_export_cache(model: Path, cache_home: Path) -> None:
+def warm_export_cache(model: Path, cache_home: Path) -> str:
     """Make, under ``cache_home`` (set as XDG_CACHE_HOME for this process and the children
     it starts), the ONNX export ``medseg predict --backend auto`` runs for ``model`` where
-    a runtime backend is its choice: a one-time cost per model, kept out of timed runs."""
+    a runtime backend is its choice: a one-time cost per model, kept out of timed runs.
+    Returns the backend ``auto`` chose for ``model`` (``torch``, ``openvino``, ...)."""
     import torch
 
     from medseg.pipelines.model_dir import open_model
@@ -304,4 +356,5 @@ def warm_export_cache(model: Path, cache_home: Path) -> None:
 
     os.environ["XDG_CACHE_HOME"] = str(cache_home)
     config, network = open_model(model)
-    prepare_network(config, network, torch.device("cpu"), "auto")
+    prepared = prepare_network(config, network, torch.device("cpu"), "auto")
+    return str(getattr(prepared, "backend", "torch"))

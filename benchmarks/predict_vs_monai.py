@@ -143,14 +143,21 @@ def case_id(path: Path) -> str:
     return path.name if path.is_dir() else path.name.removesuffix(".gz").removesuffix(".nii")
 
 
-def prepare(work: Path, args: argparse.Namespace) -> list[dict]:
-    """Generate the cases and a model directory per dataset; return one entry per dataset."""
+def prepare(
+    work: Path,
+    args: argparse.Namespace,
+    *,
+    brats_shape: tuple[int, int, int] = (240, 240, 155),
+    ct_side: int = 512,
+) -> list[dict]:
+    """Generate the cases (BraTS of ``brats_shape``, CT of ``ct_side`` x ``ct_side`` x
+    ``args.slices``) and a model directory per dataset; return one entry per dataset."""
     from medseg.datasets.synthetic import synthesize
 
     datasets = []
     if args.brats_cases:
         root = work / "brats"
-        synthesize("brats", root, cases=args.brats_cases, shape=(240, 240, 155), seed=1)
+        synthesize("brats", root, cases=args.brats_cases, shape=brats_shape, seed=1)
         model = model_dir(
             work / "model-brats",
             layout="brats",
@@ -161,10 +168,12 @@ def prepare(work: Path, args: argparse.Namespace) -> list[dict]:
             sw_batch_size=args.sw_batch_size,
         )
         inputs = sorted(p for p in root.iterdir() if p.is_dir())
-        datasets.append({"name": "BraTS 4x240x240x155", "model": model, "inputs": inputs})
+        name = "BraTS 4x" + "x".join(map(str, brats_shape))
+        datasets.append({"name": name, "model": model, "inputs": inputs})
     if args.lits_cases:
         root = work / "lits"
-        synthesize("lits", root, cases=args.lits_cases, shape=(512, 512, args.slices), seed=1)
+        shape = (ct_side, ct_side, args.slices)
+        synthesize("lits", root, cases=args.lits_cases, shape=shape, seed=1)
         model = model_dir(
             work / "model-lits",
             layout="lits",
@@ -177,9 +186,23 @@ def prepare(work: Path, args: argparse.Namespace) -> list[dict]:
         )
         inputs = sorted(root.glob("volume-*.nii"))
         datasets.append(
-            {"name": f"LiTS 512x512x{args.slices} CT", "model": model, "inputs": inputs}
+            {"name": f"LiTS {ct_side}x{ct_side}x{args.slices} CT", "model": model, "inputs": inputs}
         )
     return datasets
+
+
+def dataset_arguments(parser: argparse.ArgumentParser, *, cases: int) -> None:
+    """Add what ``prepare`` reads: ``--brats-cases`` and ``--lits-cases`` (default
+    ``cases`` each), ``--slices``, ``--lits-spacing``, ``--preset`` and the window
+    settings (roi 64, overlap 0.25, 2 windows per forward)."""
+    parser.add_argument("--brats-cases", type=int, default=cases, help="BraTS-size cases")
+    parser.add_argument("--lits-cases", type=int, default=cases, help="LiTS-size cases")
+    parser.add_argument("--slices", type=int, default=48, help="Z of the 512x512xZ CT cases")
+    parser.add_argument(
+        "--lits-spacing", type=float, nargs=3, default=[1.5, 1.5, 3.0], help="CT model spacing"
+    )
+    parser.add_argument("--preset", default="tiny", help="UNet++ preset (untrained)")
+    window_arguments(parser, overlap=0.25, sw_batch_size=2)
 
 
 SIDES = ("MONAI loop", "medseg predict")
@@ -213,14 +236,7 @@ def dice_between(first: Path, second: Path, inputs: list[Path]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--brats-cases", type=int, default=2, help="BraTS-size cases")
-    parser.add_argument("--lits-cases", type=int, default=2, help="LiTS-size cases")
-    parser.add_argument("--slices", type=int, default=48, help="Z of the 512x512xZ CT cases")
-    parser.add_argument(
-        "--lits-spacing", type=float, nargs=3, default=[1.5, 1.5, 3.0], help="CT model spacing"
-    )
-    parser.add_argument("--preset", default="tiny", help="UNet++ preset (untrained)")
-    window_arguments(parser, overlap=0.25, sw_batch_size=2)
+    dataset_arguments(parser, cases=2)
     parser.add_argument("--loader-workers", type=int, default=1, help="MONAI DataLoader workers")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side (order alternates)")
     thread_arguments(parser)

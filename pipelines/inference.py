@@ -145,13 +145,13 @@ def window_shape(roi_size: Sequence[int], spatial_dims: int) -> list[int]:
     return [*roi_size, 1] if spatial_dims == len(roi_size) + 1 else list(roi_size)
 
 
-@torch.inference_mode()
 def plain_tensor(image: Any) -> torch.Tensor:
     """``image`` (a MONAI ``MetaTensor`` or a tensor) as a plain tensor, without a copy: the
     windows and networks need no metadata, and slicing a MetaTensor carries it along."""
     return image.as_tensor() if isinstance(image, MetaTensor) else image
 
 
+@torch.inference_mode()
 def sliding_window_predict(
     network: nn.Module,
     image: torch.Tensor,
