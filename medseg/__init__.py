@@ -15,11 +15,18 @@ imported on first use.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from medseg.errors import CaseError, ConfigError, MedsegError
 
 __version__ = "0.1.0"
+
+# MLflow 3 sends usage events (runs, models logged) to its makers and writes an installation
+# id under ~/.config unless told not to, and MONAI imports it along with itself. A clinical
+# tool must not call out: off unless the user's environment says otherwise. (OpenVINO's
+# telemetry is kept out where medseg imports it: ``backends.import_openvino``.)
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 __all__ = [
     "CaseError",

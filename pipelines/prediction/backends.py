@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -267,9 +268,29 @@ def _onnxruntime_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def _openvino_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    import openvino
+def import_openvino() -> Any:
+    """The ``openvino`` module, imported without its model converter.
 
+    ``import openvino`` also imports ``openvino.tools.ovc``, which on first import writes a
+    client id under ``~/intel`` and sends a usage event to Google Analytics unless a consent
+    file there says no. medseg compiles ONNX files and never uses the converter, and a
+    clinical tool must not call out, so the converter is kept from loading during the import
+    (and left importable afterwards for code of the user's own).
+    """
+    converter = "openvino.tools.ovc"
+    blocked = converter not in sys.modules
+    if blocked:
+        sys.modules[converter] = None  # type: ignore[assignment]
+    try:
+        import openvino
+    finally:
+        if blocked and sys.modules.get(converter, False) is None:
+            del sys.modules[converter]
+    return openvino
+
+
+def _openvino_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    openvino = import_openvino()
     properties = {
         "INFERENCE_NUM_THREADS": torch.get_num_threads(),
         # OpenVINO picks bf16 by itself on CPUs that have it; medseg's precision is explicit.
