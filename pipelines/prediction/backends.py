@@ -160,7 +160,7 @@ def prepare_network(
         chosen = AUTO_BACKEND.get(config.network.name, "torch") if on_cpu else "torch"
         tiny = config.network.preset in AUTO_TORCH_PRESETS
         if chosen != "torch" and tiny and not _export_cached(config, network, prune_level):
-            logger.info(
+            logger.debug(
                 "backend auto: torch for a %s preset (`--backend %s` makes its export "
                 "once; later runs of auto use it)",
                 config.network.preset,

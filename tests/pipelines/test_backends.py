@@ -143,7 +143,7 @@ def test_auto_runs_a_tiny_model_on_openvino_once_its_export_is_cached(
     config, network = open_model(brats_model_dir)
     assert config.network.preset in backends.AUTO_TORCH_PRESETS
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home / "empty"))
-    with caplog.at_level(logging.INFO, logger="medseg.pipelines.prediction.backends"):
+    with caplog.at_level(logging.DEBUG, logger="medseg.pipelines.prediction.backends"):
         first = prepare_network(config, network, torch.device("cpu"), "auto")
     assert not isinstance(first, RuntimeNetwork)
     assert "`--backend openvino` makes its export once" in caplog.text
