@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import BasicLayer, SwinTransformerBlock, get_window_size
 
+from medseg.networks.module_swap import swap_modules
+
 # MONAI's value for token pairs of different shifted regions (added before the softmax)
 MASKED = -100.0
 
@@ -164,10 +166,11 @@ def with_inference_swin_stages(network: nn.Module) -> nn.Module:
     """``network`` with every Swin stage of MONAI's (``BasicLayer`` of ``SwinTransformerBlock``)
     replaced in place by an ``InferenceSwinStage`` over the same blocks; returns ``network``.
     Stages of other blocks (MONAI's Hyena option) are left as they are."""
-    for module in list(network.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, BasicLayer) and all(
-                isinstance(block, SwinTransformerBlock) for block in child.blocks
-            ):
-                setattr(module, name, InferenceSwinStage(child))
-    return network
+
+    def replacement(child: nn.Module) -> nn.Module | None:
+        swin = isinstance(child, BasicLayer) and all(
+            isinstance(block, SwinTransformerBlock) for block in child.blocks
+        )
+        return InferenceSwinStage(child) if swin else None
+
+    return swap_modules(network, replacement)

@@ -31,6 +31,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from medseg.networks.cpu_attention import with_inference_swin_stages
+from medseg.networks.module_swap import swap_modules
 from medseg.networks.pointwise_conv import with_pointwise_convs
 
 # Columns of the matrix each sample's statistics are summed over: wide enough that a few
@@ -216,6 +217,13 @@ def _run_after(
             yield owner, name, module
 
 
+def _channels_last_norm(module: nn.Module) -> nn.Module | None:
+    """A ``ChannelsLastInstanceNorm`` for an instance norm without running statistics."""
+    if isinstance(module, _InstanceNorm) and not module.track_running_stats:
+        return ChannelsLastInstanceNorm(module)
+    return None
+
+
 def channels_last_for_inference(network: nn.Module) -> nn.Module:
     """A copy of ``network`` for inference: 4D weights in ``torch.channels_last``, 5D ones in
     ``torch.channels_last_3d`` (so convolutions run NHWC / NDHWC whatever the input's layout),
@@ -230,10 +238,7 @@ def channels_last_for_inference(network: nn.Module) -> nn.Module:
     for module in list(prepared.modules()):
         if isinstance(module, SplitsConcatenations):
             module.split_concatenations()
-    for module in list(prepared.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, _InstanceNorm) and not child.track_running_stats:
-                setattr(module, name, ChannelsLastInstanceNorm(child))
+    swap_modules(prepared, _channels_last_norm)
     with_pointwise_convs(with_inference_swin_stages(prepared))
     for parameter in prepared.parameters():
         if parameter.dim() in CHANNELS_LAST:

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medseg.networks.module_swap import swap_modules
+
 
 class PointwiseConv(nn.Module):
     """A 1x1 ``nn.Conv2d`` / ``nn.Conv3d`` (stride 1, no padding, one group) that, when
@@ -56,8 +58,6 @@ def is_pointwise(module: nn.Module) -> bool:
 def with_pointwise_convs(network: nn.Module) -> nn.Module:
     """``network`` with every 1x1 convolution (``is_pointwise``) replaced in place by a
     ``PointwiseConv`` over the same weights; returns ``network``."""
-    for module in list(network.modules()):
-        for name, child in list(module.named_children()):
-            if is_pointwise(child):
-                setattr(module, name, PointwiseConv(child))
-    return network
+    return swap_modules(
+        network, lambda child: PointwiseConv(child) if is_pointwise(child) else None
+    )
