@@ -159,7 +159,7 @@ def prepare_network(
         on_cpu = device.type == "cpu" and precision is None
         chosen = AUTO_BACKEND.get(config.network.name, "torch") if on_cpu else "torch"
         tiny = config.network.preset in AUTO_TORCH_PRESETS
-        if chosen != "torch" and tiny and not _export_cached(config, network, prune_level):
+        if chosen != "torch" and tiny and not _export_path(config, network, prune_level).is_file():
             logger.debug(
                 "backend auto: torch for a %s preset (`--backend %s` makes its export "
                 "once; later runs of auto use it)",
@@ -188,11 +188,6 @@ def _export_path(config: ModelConfig, network: nn.Module, prune_level: int | Non
     from medseg.pipelines.export.export import FILES
 
     return export_cache_dir() / export_key(config, network, prune_level) / FILES["onnx"]
-
-
-def _export_cached(config: ModelConfig, network: nn.Module, prune_level: int | None) -> bool:
-    """Whether ``network``'s ONNX export is already in the cache."""
-    return _export_path(config, network, prune_level).is_file()
 
 
 def _runtime_network(
