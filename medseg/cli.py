@@ -200,10 +200,11 @@ def train(
         settings = load_config(config, overrides)
     # Loading torch and MONAI takes seconds: a job log shows the run has started.
     logging.getLogger("medseg").info("training into %s", settings.output)
+    from medseg.pipelines.bf16_agreement import after_training as bf16_agreement
     from medseg.pipelines.pruning.prune import after_training as pruning
     from medseg.pipelines.training import train as training
 
-    after = [pruning] if settings.train.prune else []
+    after = [bf16_agreement, *([pruning] if settings.train.prune else [])]
     console = _console()
     if folds == "all":
         summary = training.train_folds(settings, after=after)

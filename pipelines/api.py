@@ -267,13 +267,14 @@ def load_model(
     from medseg.pipelines.prediction.segmenter import Segmenter
 
     target = resolve_device(device)
+    models = open_models(str(path_or_uri))
     segmenter = Segmenter(
-        open_models(str(path_or_uri)),
+        models,
         target,
         overlap=overlap,
         prune_level=prune_level,
         tta=tta,
-        precision=resolve_precision(precision, target),
+        precision=resolve_precision(precision, target, [config for config, _ in models]),
     )
     return Model(segmenter)
 
@@ -286,6 +287,7 @@ def train(config_or_path: Any, overrides: list[str] | None = None, *, resume: bo
     ``overrides`` are ``--set`` strings (``["train.epochs=3"]``). Raises ``ConfigError``.
     """
     from medseg.config import Config, load_config, parse_config
+    from medseg.pipelines.bf16_agreement import after_training as bf16_agreement
     from medseg.pipelines.pruning.prune import after_training as pruning
     from medseg.pipelines.training.train import train as run_training
 
@@ -295,7 +297,7 @@ def train(config_or_path: Any, overrides: list[str] | None = None, *, resume: bo
         settings = parse_config(dict(config_or_path), "config", overrides)
     else:
         settings = load_config(config_or_path, overrides)
-    after = [pruning] if settings.train.prune else []
+    after = [bf16_agreement, *([pruning] if settings.train.prune else [])]
     return run_training(settings, resume=resume, show_progress=False, after=after)
 
 

@@ -4,9 +4,10 @@ slice-by-slice 2D networks, mixed precision on CUDA and the reuse of empty windo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -15,7 +16,14 @@ from monai.inferers import sliding_window_inference
 
 from medseg.errors import ConfigError
 
+if TYPE_CHECKING:
+    from medseg.pipelines.model_dir import ModelConfig
+
+logger = logging.getLogger(__name__)
+
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Issue 24's rule: bf16 by default only where its labels equal fp32's on >= 99.9 % of voxels.
+BF16_AGREEMENT = 0.999
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,24 +47,46 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``name`` (``auto``, ``fp32``, ``fp16``, ``bf16``) on ``device``.
+def resolve_precision(
+    name: str, device: torch.device, configs: Sequence[ModelConfig] = (), backend: str = "auto"
+) -> torch.dtype | None:
+    """The autocast dtype for ``name`` (``auto``, ``fp32``, ``fp16``, ``bf16``) on ``device``
+    for the models ``configs`` run on ``backend`` (None: fp32).
 
-    ``auto`` is bf16 on a CUDA GPU that has it, else fp16 on CUDA, and fp32 on the CPU:
-    autocast to bf16 on a CPU without native bf16 ran 233x slower, and on one with AVX-512
-    BF16 see benchmarks/README.md, section 11. ``bf16`` on the CPU is allowed where the CPU
-    multiplies bf16 natively (``medseg.pipelines.cpu``); fp16 on the CPU, and bf16 on one
+    ``auto`` is bf16 on a CUDA GPU that has it, else fp16 on CUDA. On the CPU it is bf16
+    where the CPU multiplies bf16 natively (``medseg.pipelines.cpu``; there bf16 ran at
+    0.5x-0.9x of fp32's time, benchmarks/README.md section 11) and every model's labels
+    under bf16 agreed with fp32's on at least ``BF16_AGREEMENT`` of its validation voxels
+    (``inference.bf16_agreement``, measured after training), else fp32: autocast to bf16
+    on a CPU without native bf16 ran 233x slower, and untrained or unmeasured models get no
+    bf16 they were not shown to survive; ONNX Runtime runs fp32 only. ``bf16`` on the CPU
+    is allowed where the CPU multiplies bf16 natively; fp16 on the CPU, and bf16 on one
     without AMX or AVX-512 BF16, are refused with a ``ConfigError``.
     """
+    from medseg.pipelines.cpu import cpu_features
+
     if name == "auto":
-        if device.type != "cuda":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        agreements = [config.inference.bf16_agreement for config in configs]
+        shown = (
+            bool(agreements)
+            and backend != "onnxruntime"
+            and all(
+                agreement is not None and agreement >= BF16_AGREEMENT for agreement in agreements
+            )
+        )
+        if not (shown and cpu_features().native_bf16):
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        logger.info(
+            "precision auto: bf16 (native on this CPU; the model's labels under bf16 equalled "
+            "fp32's on >= %g %% of its validation voxels)",
+            100 * BF16_AGREEMENT,
+        )
+        return torch.bfloat16
     if name not in PRECISIONS:
         raise ConfigError(f"precision {name!r}: use auto, fp32, fp16 or bf16")
     if PRECISIONS[name] is not None and device.type != "cuda":
-        from medseg.pipelines.cpu import cpu_features
-
         if name == "bf16" and cpu_features().native_bf16:
             return torch.bfloat16
         if name == "bf16":

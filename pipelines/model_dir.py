@@ -75,7 +75,10 @@ class NetworkSpec(_Strict):
 class InferenceSpec(_Strict):
     """Sliding-window settings: window size (voxels), overlap, window batch, blending, and
     coarse-to-fine inference (``pipelines/prediction/coarse_to_fine.py``): on, the coarse pass's
-    downsampling factor and the margin around its foreground (mm)."""
+    downsampling factor and the margin around its foreground (mm). ``bf16_agreement`` is the
+    share of voxels (0-1) whose labels under bf16 equal fp32's on the validation cases,
+    measured after training (``pipelines/bf16_agreement.py``; None: not measured); CPU
+    prediction runs bf16 by default only where it is >= ``inference.BF16_AGREEMENT``."""
 
     roi_size: list[int]
     overlap: float = Field(0.5, ge=0, lt=1)
@@ -84,6 +87,7 @@ class InferenceSpec(_Strict):
     coarse_to_fine: bool = False
     coarse_factor: int = Field(2, ge=2)
     coarse_margin_mm: float = Field(10.0, ge=0)
+    bf16_agreement: float | None = Field(None, ge=0, le=1)
 
     @field_validator("roi_size")
     @classmethod

@@ -55,7 +55,13 @@ AUTO_TORCH_PRESETS = frozenset({"tiny"})
 # Largest absolute logit difference from torch a runtime may show on its check window;
 # float32 runtimes measured 1e-6 to 1e-5 (export.TOLERANCE is 1e-4 for the file itself).
 RUNTIME_TOLERANCE = 1e-3
+# The same check in bf16, as root-mean-square difference over that of the logits: bf16
+# keeps 8 bits of mantissa, and OpenVINO's bf16 UNet++ small measured 0.016 on it; a wrong
+# export or runtime is off by about the logits' own size (1.0).
+BF16_RUNTIME_TOLERANCE = 0.1
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+# The reduced precisions each runtime backend runs (ONNX Runtime's CPU kernels are fp32).
+_PRECISIONS: dict[str, tuple[torch.dtype, ...]] = {"openvino": (torch.bfloat16,)}
 _EXTRAS = {"onnxruntime": "export", "openvino": "fast"}
 
 
@@ -143,21 +149,25 @@ def prepare_network(
     ``torch``: ``inference_network`` (on the CPU its channels-last copy); ``onnxruntime``
     or ``openvino``: a ``RuntimeNetwork`` over the cached ONNX export of ``network`` (of
     head ``prune_level`` for UNet++); ``auto``: ``AUTO_BACKEND``'s choice for the network,
-    torch on other devices than the CPU, with an autocast ``precision`` (only torch has
-    one), for a preset in ``AUTO_TORCH_PRESETS`` whose export is not cached yet, or when
-    that choice is unavailable
-    (logged). Raises ``ConfigError`` (see ``require_backend``; also for a ``precision``
-    with another backend than torch) or ``ExportError`` for a named backend that cannot
-    run the network.
+    torch on other devices than the CPU, for an autocast ``precision`` that choice does
+    not run (OpenVINO runs bf16, ONNX Runtime fp32 only), for a preset in
+    ``AUTO_TORCH_PRESETS`` whose export is not cached yet, or when that choice is
+    unavailable (logged). Raises ``ConfigError`` (see ``require_backend``; also for a
+    ``precision`` the named backend does not run) or ``ExportError`` for a named backend
+    that cannot run the network.
     """
     require_backend(backend, device)
-    if precision is not None and backend not in ("auto", "torch"):
-        raise ConfigError(f"backend {backend} runs fp32; --precision applies to torch")
+    if backend != "auto" and not _runs(backend, precision):
+        raise ConfigError(
+            f"backend {backend} runs fp32; --precision applies to torch (and bf16 to openvino)"
+        )
     network = network.to(device).eval()
     chosen = backend
     if backend == "auto":
-        on_cpu = device.type == "cpu" and precision is None
+        on_cpu = device.type == "cpu"
         chosen = AUTO_BACKEND.get(config.network.name, "torch") if on_cpu else "torch"
+        if not _runs(chosen, precision):
+            chosen = "torch"
         tiny = config.network.preset in AUTO_TORCH_PRESETS
         if chosen != "torch" and tiny and not _export_path(config, network, prune_level).is_file():
             logger.debug(
@@ -173,7 +183,7 @@ def prepare_network(
     if chosen == "torch":
         return inference_network(network, device)
     try:
-        return _runtime_network(config, network, chosen, prune_level)
+        return _runtime_network(config, network, chosen, prune_level, precision)
     except MedsegError as error:
         if backend != "auto":
             raise
@@ -181,6 +191,11 @@ def prepare_network(
             "backend auto: %s cannot run %s (%s); running torch", chosen, config.network.name, error
         )
         return inference_network(network, device)
+
+
+def _runs(backend: str, precision: torch.dtype | None) -> bool:
+    """Whether ``backend`` runs windows at autocast ``precision`` (None: fp32)."""
+    return precision is None or backend == "torch" or precision in _PRECISIONS.get(backend, ())
 
 
 def _export_path(config: ModelConfig, network: nn.Module, prune_level: int | None) -> Path:
@@ -191,7 +206,11 @@ def _export_path(config: ModelConfig, network: nn.Module, prune_level: int | Non
 
 
 def _runtime_network(
-    config: ModelConfig, network: nn.Module, backend: str, prune_level: int | None
+    config: ModelConfig,
+    network: nn.Module,
+    backend: str,
+    prune_level: int | None,
+    precision: torch.dtype | None,
 ) -> RuntimeNetwork:
     from medseg.pipelines.export.export import export_network
 
@@ -206,8 +225,8 @@ def _runtime_network(
                 f"{folder}: cannot write the {backend} export there ({error.strerror}); "
                 "set XDG_CACHE_HOME to a writable folder"
             ) from error
-    run = _SESSIONS[backend](path)
-    _check_against_torch(run, network, config, backend, prune_level)
+    run = _SESSIONS[backend](path, precision)
+    _check_against_torch(run, network, config, backend, prune_level, precision)
     levels = as_prunable(network).levels if abilities(config.network.name).prunable else None
     return RuntimeNetwork(run, backend, levels)
 
@@ -218,10 +237,13 @@ def _check_against_torch(
     config: ModelConfig,
     backend: str,
     prune_level: int | None,
+    precision: torch.dtype | None,
 ) -> None:
     """Refuse (``ExportError``) a runtime whose logits on one random window differ from
-    torch's by more than ``RUNTIME_TOLERANCE``: the export was checked with ONNX Runtime,
-    this checks the runtime that will serve it."""
+    torch's fp32 ones by more than ``RUNTIME_TOLERANCE`` (largest difference), or in bf16
+    by more than ``BF16_RUNTIME_TOLERANCE`` (root-mean-square difference over that of the
+    logits): the export was checked with ONNX Runtime, this checks the runtime that will
+    serve it, at the precision it will serve."""
     from medseg.pipelines.export.export import ExportError
 
     generator = torch.Generator().manual_seed(0)
@@ -231,15 +253,23 @@ def _check_against_torch(
     options = {} if prune_level is None else {"prune_level": prune_level}
     with torch.inference_mode():
         expected = network(window, **options).numpy()
-    error = float(np.abs(run(window.numpy()) - expected).max())
-    if not error <= RUNTIME_TOLERANCE:
+    difference = run(window.numpy()) - expected
+    if precision is None:
+        error, tolerance, measure = float(np.abs(difference).max()), RUNTIME_TOLERANCE, ""
+    else:
+        scale = max(float(np.sqrt(np.mean(np.square(expected)))), 1e-6)
+        error = float(np.sqrt(np.mean(np.square(difference)))) / scale
+        tolerance, measure = BF16_RUNTIME_TOLERANCE, " (relative RMS, bf16)"
+    if not error <= tolerance:
         raise ExportError(
-            f"{backend} differs from medseg's forward by {error:.3g} on a check window "
-            f"(tolerance {RUNTIME_TOLERANCE:g})"
+            f"{backend} differs from medseg's forward by {error:.3g}{measure} on a check "
+            f"window (tolerance {tolerance:g})"
         )
 
 
-def _onnxruntime_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _onnxruntime_session(
+    path: Path, precision: torch.dtype | None
+) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime
 
     from medseg.pipelines.export.preprocessing_json import INPUT_NAME, OUTPUT_NAME
@@ -284,12 +314,14 @@ def import_openvino() -> Any:
     return openvino
 
 
-def _openvino_session(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _openvino_session(
+    path: Path, precision: torch.dtype | None
+) -> Callable[[np.ndarray], np.ndarray]:
     openvino = import_openvino()
     properties = {
         "INFERENCE_NUM_THREADS": torch.get_num_threads(),
         # OpenVINO picks bf16 by itself on CPUs that have it; medseg's precision is explicit.
-        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == torch.bfloat16 else "f32",
         "PERFORMANCE_HINT": "LATENCY",
     }
     core = openvino.Core()

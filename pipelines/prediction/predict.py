@@ -226,7 +226,9 @@ def predict(
         overlap=overlap,
         prune_level=prune_level,
         tta=tta,
-        precision=resolve_precision(precision, target_device),
+        precision=resolve_precision(
+            precision, target_device, [config for config, _ in models], backend
+        ),
         skip_empty=skip_empty,
         apply_postprocessing=apply_postprocessing,
         backend=backend,

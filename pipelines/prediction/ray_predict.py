@@ -105,13 +105,20 @@ class CaseWorker:
 
         self.settings = settings
         self.device = resolve_device(settings["device"])
+        models = open_models(model)
+        precision = resolve_precision(
+            settings["precision"],
+            self.device,
+            [config for config, _ in models],
+            settings["backend"],
+        )
         self.segmenter = Segmenter(
-            open_models(model),
+            models,
             self.device,
             overlap=settings["overlap"],
             prune_level=settings["prune_level"],
             tta=settings["tta"],
-            precision=resolve_precision(settings["precision"], self.device),
+            precision=precision,
             skip_empty=settings["skip_empty"],
             apply_postprocessing=settings["apply_postprocessing"],
             backend=settings["backend"],

@@ -363,6 +363,8 @@ def save_pruned_model(
         update={
             "network": spec.model_copy(update={"options": spec.options | {"prune_level": level}}),
             "provenance": provenance,
+            # measured on the whole network; the pruned one is another network
+            "inference": config.inference.model_copy(update={"bf16_agreement": None}),
         }
     )
     pruned = build_from_config(pruned_config)

@@ -15,6 +15,7 @@ import torch
 
 from medseg.datasets import discover
 from medseg.errors import ConfigError
+from medseg.pipelines.cpu import cpu_features
 from medseg.pipelines.model_dir import open_model
 from medseg.pipelines.prediction import backends
 from medseg.pipelines.prediction.backends import (
@@ -153,3 +154,30 @@ def test_auto_runs_a_tiny_model_on_openvino_once_its_export_is_cached(
     prepare_network(config, network, torch.device("cpu"), "openvino")  # cached by the module
     later = prepare_network(config, network, torch.device("cpu"), "auto")
     assert isinstance(later, RuntimeNetwork) and later.backend == "openvino"
+
+
+@pytest.mark.skipif(not cpu_features().native_bf16, reason="this CPU has no native bf16")
+def test_openvino_runs_bf16_when_asked_and_stays_close_to_torch(cache_home, brats_model_dir):
+    config, network = open_model(brats_model_dir)
+    fp32 = prepare_network(config, network, torch.device("cpu"), "openvino")
+    bf16 = prepare_network(
+        config, network, torch.device("cpu"), "openvino", precision=torch.bfloat16
+    )
+    window = torch.randn(
+        (2, 4, *config.inference.roi_size), generator=torch.Generator().manual_seed(1)
+    )
+    with torch.inference_mode():
+        expected = network.eval()(window)
+    reduced, full = bf16(window), fp32(window)
+    assert float((full - expected).abs().max()) <= 1e-4
+    assert float((reduced - expected).abs().max()) > 1e-4  # bf16 did run
+    relative = float((reduced - expected).square().mean().sqrt() / expected.square().mean().sqrt())
+    assert relative <= backends.BF16_RUNTIME_TOLERANCE
+
+
+def test_onnxruntime_refuses_bf16(cache_home, brats_model_dir):
+    config, network = open_model(brats_model_dir)
+    with pytest.raises(ConfigError, match="backend onnxruntime runs fp32"):
+        prepare_network(
+            config, network, torch.device("cpu"), "onnxruntime", precision=torch.bfloat16
+        )

@@ -1,5 +1,6 @@
 """Precision by what the CPU offers: bf16 on the CPU only where it runs natively (AMX or
-AVX-512 BF16), never fp16; runtime backends refuse an autocast precision."""
+AVX-512 BF16), never fp16; ``auto`` picks bf16 there only for models whose labels were
+measured to survive it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from medseg.errors import ConfigError
 from medseg.pipelines.cpu import CpuFeatures, cpu_features
 from medseg.pipelines.inference import resolve_precision
 from medseg.pipelines.model_dir import open_model
-from medseg.pipelines.prediction.backends import prepare_network
 
 CPU = torch.device("cpu")
 
@@ -28,7 +28,7 @@ def test_native_bf16_needs_amx_or_avx512_bf16(flags, native):
     assert CpuFeatures("AVX2", frozenset(flags)).native_bf16 is native
 
 
-def test_cpu_bf16_follows_this_cpu_and_auto_stays_fp32():
+def test_cpu_bf16_follows_this_cpu_and_auto_stays_fp32_without_a_model():
     assert resolve_precision("auto", CPU) is None
     if cpu_features().native_bf16:
         assert resolve_precision("bf16", CPU) is torch.bfloat16
@@ -39,7 +39,30 @@ def test_cpu_bf16_follows_this_cpu_and_auto_stays_fp32():
         resolve_precision("fp16", CPU)
 
 
-def test_runtime_backend_refuses_an_autocast_precision(brats_model_dir):
-    config, network = open_model(brats_model_dir)
-    with pytest.raises(ConfigError, match="--precision applies to torch"):
-        prepare_network(config, network, CPU, "openvino", precision=torch.bfloat16)
+def with_agreement(config, agreement):
+    inference = config.inference.model_copy(update={"bf16_agreement": agreement})
+    return config.model_copy(update={"inference": inference})
+
+
+@pytest.mark.parametrize(
+    ("agreements", "backend", "bf16"),
+    [
+        ([None], "auto", False),  # not measured (untrained, or trained before it was)
+        ([0.998], "auto", False),
+        ([0.999], "auto", True),
+        ([1.0], "openvino", True),
+        ([1.0], "onnxruntime", False),  # fp32 kernels only
+        ([1.0, None], "auto", False),  # an ensemble needs every member shown
+        ([], "auto", False),
+    ],
+)
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_runs_bf16_on_the_cpu_only_where_the_model_was_shown_to_survive_it(
+    monkeypatch, brats_model_dir, agreements, backend, bf16, native
+):
+    flags = frozenset({"avx2", "avx512f", *(["avx512_bf16"] if native else [])})
+    monkeypatch.setattr("medseg.pipelines.cpu.cpu_features", lambda: CpuFeatures("AVX512", flags))
+    config, _ = open_model(brats_model_dir)
+    configs = [with_agreement(config, agreement) for agreement in agreements]
+    expected = torch.bfloat16 if bf16 and native else None
+    assert resolve_precision("auto", CPU, configs, backend) is expected

@@ -1,5 +1,6 @@
 """Training is resumable to the bit, data-parallel without changing the numbers, tracked in
-MLflow (even when the server is down), registrable, and cross-validated on request.
+MLflow (even when the server is down), registrable, cross-validated on request, and ends by
+measuring how far bf16 changes the model's labels.
 
 The runs that must be other processes are (the one killed mid-epoch, torchrun's ranks);
 the others run ``medseg`` in this process, as each new process spends seconds importing
@@ -198,3 +199,43 @@ def test_cross_validation_trains_every_fold_and_summarises(tmp_path, small_brats
     predicted = medseg_cli("predict", tmp_path / "run", case, "--output", tmp_path / "out")
     assert predicted.code == 0, predicted.err
     assert "1 segmented" in predicted.out
+
+
+def test_training_records_how_far_bf16_changes_its_labels(
+    tmp_path, small_brats, medseg_cli, monkeypatch, caplog
+):
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    from medseg.datasets import discover
+    from medseg.pipelines.bf16_agreement import measure_bf16_agreement
+    from medseg.pipelines.cpu import cpu_features
+    from medseg.pipelines.model_dir import load_model_dir, save_model_dir
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    config = write_config(
+        tmp_path, small_brats, train={"epochs": 1}, tracking={"enabled": True, "experiment": "b"}
+    )
+    assert medseg_cli("train", config).code == 0
+    model = tmp_path / "run" / "model"
+    model_config, network = load_model_dir(model)
+    agreement = model_config.inference.bf16_agreement
+    if not cpu_features().native_bf16:
+        assert agreement is None  # emulated bf16 is never measured, nor run by default
+        return
+    split = json.loads((tmp_path / "run" / "splits.json").read_text())[0]  # fold 0
+    val = [case for case in discover("brats", small_brats).cases if case.id in split["val"]]
+    recount = measure_bf16_agreement(model_config, network, val, torch.device("cpu"))
+    assert agreement == pytest.approx(recount, abs=1e-6) and 0.5 < agreement <= 1
+    run = MlflowClient().get_run(model_config.provenance["mlflow_run_id"])
+    assert run.data.metrics["bf16/label_agreement"] == pytest.approx(agreement)
+
+    # a model shown to survive bf16 runs it by default
+    shown = model_config.inference.model_copy(update={"bf16_agreement": 1.0})
+    save_model_dir(model, model_config.model_copy(update={"inference": shown}), network)
+    case = small_brats / "BraTS2021_00000"
+    with caplog.at_level(logging.INFO, logger="medseg.pipelines.inference"):
+        predicted = medseg_cli("predict", model, case, "--output", tmp_path / "out")
+    assert predicted.code == 0, predicted.err
+    assert "precision auto: bf16" in caplog.text
