@@ -7,7 +7,9 @@ checked against the torch forward to ``export.TOLERANCE``), made on first use an
 under ``export_cache_dir()`` in a folder named by the SHA-256 of the network's weights,
 its spec and roi, so the model directory is never written to. The export is written to a
 temporary name and renamed, so concurrent runs that both miss the cache each finish with a
-complete file (the last rename wins; both are the same network).
+complete file (the last rename wins; both are the same network). Each runtime's check of
+the file against torch's forward is recorded beside it (``_check_record``) and not run
+again.
 
 ``auto`` takes, per network, the backend that ``benchmarks/backends.py`` measured fastest
 among those whose labels agree with torch on >= 99.9 % of voxels (``AUTO_BACKEND``), for
@@ -226,9 +228,35 @@ def _runtime_network(
                 "set XDG_CACHE_HOME to a writable folder"
             ) from error
     run = _SESSIONS[backend](path, precision)
-    _check_against_torch(run, network, config, backend, prune_level, precision)
+    passed = _check_record(path, backend, precision)
+    if not passed.is_file():
+        _check_against_torch(run, network, config, backend, prune_level, precision)
+        try:
+            passed.touch()
+        except OSError:  # a cache shared read-only: check again next time
+            logger.debug("cannot record the passed check in %s", passed.parent)
     levels = as_prunable(network).levels if abilities(config.network.name).prunable else None
     return RuntimeNetwork(run, backend, levels)
+
+
+def _check_record(path: Path, backend: str, precision: torch.dtype | None) -> Path:
+    """The empty file, beside the export ``path``, whose presence says that ``backend``'s
+    installed version passed ``_check_against_torch`` on that export at ``precision`` on a
+    CPU like this one; later runs skip the check (a torch and a runtime forward, about 5 %
+    of a BraTS case's prediction). Named by what the result depends on, so a runtime
+    upgrade or another CPU sharing the cache checks again."""
+    import importlib.metadata
+
+    from medseg.pipelines.cpu import cpu_features
+
+    described = [
+        backend,
+        importlib.metadata.version(_PACKAGES[backend]),
+        str(precision),
+        cpu_features().describe(),
+    ]
+    digest = hashlib.sha256("\n".join(described).encode()).hexdigest()[:16]
+    return path.parent / f"checked-{backend}-{digest}"
 
 
 def _check_against_torch(

@@ -181,3 +181,23 @@ def test_onnxruntime_refuses_bf16(cache_home, brats_model_dir):
         prepare_network(
             config, network, torch.device("cpu"), "onnxruntime", precision=torch.bfloat16
         )
+
+
+def test_a_passed_runtime_check_is_recorded_and_not_run_again(
+    monkeypatch, cache_home, brats_model_dir
+):
+    config, network = open_model(brats_model_dir)
+    prepare_network(config, network, torch.device("cpu"), "openvino")
+    records = sorted(export_cache_dir().glob("*/checked-openvino-*"))
+    assert records and records[0].read_bytes() == b""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(backends, "_check_against_torch", fail)
+    again = prepare_network(config, network, torch.device("cpu"), "openvino")
+    assert isinstance(again, RuntimeNetwork)
+    for record in export_cache_dir().glob("*/checked-onnxruntime-*"):
+        record.unlink()  # made by earlier tests here
+    with pytest.raises(AssertionError, match="checked again"):  # each runtime has its own
+        prepare_network(config, network, torch.device("cpu"), "onnxruntime")
