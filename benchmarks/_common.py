@@ -347,14 +347,18 @@ def ct_intensity(cases_root: Path) -> dict[str, float]:
 def warm_export_cache(model: Path, cache_home: Path) -> str:
     """Make, under ``cache_home`` (set as XDG_CACHE_HOME for this process and the children
     it starts), the ONNX export ``medseg predict --backend auto`` runs for ``model`` where
-    a runtime backend is its choice: a one-time cost per model, kept out of timed runs.
+    a runtime backend is its choice, and that runtime's check at the precision ``auto``
+    picks: a one-time cost per model, kept out of timed runs.
     Returns the backend ``auto`` chose for ``model`` (``torch``, ``openvino``, ...)."""
     import torch
 
+    from medseg.pipelines.inference import resolve_precision
     from medseg.pipelines.model_dir import open_model
     from medseg.pipelines.prediction.backends import prepare_network
 
     os.environ["XDG_CACHE_HOME"] = str(cache_home)
     config, network = open_model(model)
-    prepared = prepare_network(config, network, torch.device("cpu"), "auto")
+    cpu = torch.device("cpu")
+    precision = resolve_precision("auto", cpu, [config])
+    prepared = prepare_network(config, network, cpu, "auto", precision=precision)
     return str(getattr(prepared, "backend", "torch"))

@@ -158,7 +158,7 @@ def prepare(
     if args.brats_cases:
         root = work / "brats"
         synthesize("brats", root, cases=args.brats_cases, shape=brats_shape, seed=1)
-        model = model_dir(
+        model = args.brats_model or model_dir(
             work / "model-brats",
             layout="brats",
             preset=args.preset,
@@ -174,7 +174,7 @@ def prepare(
         root = work / "lits"
         shape = (ct_side, ct_side, args.slices)
         synthesize("lits", root, cases=args.lits_cases, shape=shape, seed=1)
-        model = model_dir(
+        model = args.lits_model or model_dir(
             work / "model-lits",
             layout="lits",
             preset=args.preset,
@@ -193,8 +193,9 @@ def prepare(
 
 def dataset_arguments(parser: argparse.ArgumentParser, *, cases: int) -> None:
     """Add what ``prepare`` reads: ``--brats-cases`` and ``--lits-cases`` (default
-    ``cases`` each), ``--slices``, ``--lits-spacing``, ``--preset`` and the window
-    settings (roi 64, overlap 0.25, 2 windows per forward)."""
+    ``cases`` each), ``--slices``, ``--lits-spacing``, ``--preset``, the window settings
+    (roi 64, overlap 0.25, 2 windows per forward) of the untrained models, and
+    ``--brats-model`` / ``--lits-model`` (a trained model instead, with its own settings)."""
     parser.add_argument("--brats-cases", type=int, default=cases, help="BraTS-size cases")
     parser.add_argument("--lits-cases", type=int, default=cases, help="LiTS-size cases")
     parser.add_argument("--slices", type=int, default=48, help="Z of the 512x512xZ CT cases")
@@ -202,6 +203,12 @@ def dataset_arguments(parser: argparse.ArgumentParser, *, cases: int) -> None:
         "--lits-spacing", type=float, nargs=3, default=[1.5, 1.5, 3.0], help="CT model spacing"
     )
     parser.add_argument("--preset", default="tiny", help="UNet++ preset (untrained)")
+    for name in ("brats", "lits"):
+        parser.add_argument(
+            f"--{name}-model",
+            type=Path,
+            help=f"a trained model directory for the {name} cases (default: an untrained one)",
+        )
     window_arguments(parser, overlap=0.25, sw_batch_size=2)
 
 
@@ -274,11 +281,10 @@ def run_benchmark(
     """Run both sides ``args.repeats`` times per dataset in ``environment``, print the
     table and a PASS/MISS line per target; return one summary line per dataset."""
     names = list(SIDES)
-    print(
-        f"network: UNet++ {args.preset} (untrained, seeded), roi {args.roi}^3, overlap "
-        f"{args.overlap}, {args.sw_batch_size} windows per forward, Gaussian blending; "
-        f"MONAI DataLoader workers: {args.loader_workers}\n"
-    )
+    print(f"MONAI DataLoader workers: {args.loader_workers}; Gaussian blending")
+    for dataset in datasets:
+        print(f"- {dataset['name']}: {describe_model(dataset['model'])}")
+    print()
     rows, verdicts, totals = [], [], {name: [] for name in names}
     for dataset in datasets:
         runs: dict[str, list] = {name: [] for name in names}
@@ -330,6 +336,27 @@ def run_benchmark(
         for row in rows
         if row[2] == "medseg predict"
     ]
+
+
+def describe_model(model: Path) -> str:
+    """One line on a model directory: network, trained or not, windows, and the precision
+    and backend ``medseg predict`` runs it with by default on this machine."""
+    import torch
+
+    from medseg.pipelines.inference import resolve_precision
+    from medseg.pipelines.model_dir import read_model_config
+
+    config = read_model_config(model)
+    window = config.inference
+    origin = f"trained, {model}" if "epoch" in config.provenance else "untrained, seeded"
+    precision = resolve_precision("auto", torch.device("cpu"), [config])
+    return (
+        f"UNet++ {config.network.preset} ({origin}), "
+        f"spacing {config.preprocessing.spacing}, roi {window.roi_size}, overlap "
+        f"{window.overlap}, {window.sw_batch_size} windows per forward; bf16 agreement "
+        f"{window.bf16_agreement}, so medseg's precision auto = "
+        f"{'bf16' if precision == torch.bfloat16 else 'fp32'}"
+    )
 
 
 def fastest(runs: list) -> float:
