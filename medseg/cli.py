@@ -257,8 +257,9 @@ def predict(
     precision: Annotated[
         str,
         typer.Option(
-            help="auto (half on CUDA, fp32 on CPU), fp32, fp16 or bf16 (also on CPUs with "
-            "AMX or AVX-512 BF16)."
+            help="auto (half on CUDA; on CPUs with AMX or AVX-512 BF16, bf16 for models "
+            "whose labels training measured to survive it, else fp32), fp32, fp16 or bf16 "
+            "(also on those CPUs)."
         ),
     ] = "auto",
     skip_empty: Annotated[

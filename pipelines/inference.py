@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Issue 24's rule: bf16 by default only where its labels equal fp32's on >= 99.9 % of voxels.
 BF16_AGREEMENT = 0.999
+# ... and only where it is faster: the networks whose bf16 forward was measured faster than
+# fp32 on a CPU with AVX-512 BF16 on the backend ``auto`` runs them on (OpenVINO for small
+# presets and up, torch for tiny ones until exported; benchmarks/README.md section 17).
+CPU_BF16_FASTER = frozenset({"unetpp"})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,8 +58,8 @@ def resolve_precision(
     for the models ``configs`` run on ``backend`` (None: fp32).
 
     ``auto`` is bf16 on a CUDA GPU that has it, else fp16 on CUDA. On the CPU it is bf16
-    where the CPU multiplies bf16 natively (``medseg.pipelines.cpu``; there bf16 ran at
-    0.5x-0.9x of fp32's time, benchmarks/README.md section 11) and every model's labels
+    where the CPU multiplies bf16 natively (``medseg.pipelines.cpu``), for networks whose
+    bf16 forward was measured faster there (``CPU_BF16_FASTER``), and every model's labels
     under bf16 agreed with fp32's on at least ``BF16_AGREEMENT`` of its validation voxels
     (``inference.bf16_agreement``, measured after training), else fp32: autocast to bf16
     on a CPU without native bf16 ran 233x slower, and untrained or unmeasured models get no
@@ -75,6 +79,7 @@ def resolve_precision(
             and all(
                 agreement is not None and agreement >= BF16_AGREEMENT for agreement in agreements
             )
+            and all(config.network.name in CPU_BF16_FASTER for config in configs)
         )
         if not (shown and cpu_features().native_bf16):
             return None

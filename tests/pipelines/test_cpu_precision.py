@@ -66,3 +66,16 @@ def test_auto_runs_bf16_on_the_cpu_only_where_the_model_was_shown_to_survive_it(
     configs = [with_agreement(config, agreement) for agreement in agreements]
     expected = torch.bfloat16 if bf16 and native else None
     assert resolve_precision("auto", CPU, configs, backend) is expected
+
+
+@pytest.mark.parametrize("network", ["swin_unetr", "hdenseunet", "att_swinunet"])
+def test_auto_keeps_fp32_on_the_cpu_for_networks_whose_bf16_was_not_measured_faster(
+    monkeypatch, brats_model_dir, network
+):
+    flags = frozenset({"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr("medseg.pipelines.cpu.cpu_features", lambda: CpuFeatures("AVX512", flags))
+    config, _ = open_model(brats_model_dir)
+    other = with_agreement(config, 1.0)
+    other = other.model_copy(update={"network": other.network.model_copy(update={"name": network})})
+    assert resolve_precision("auto", CPU, [with_agreement(config, 1.0)]) is torch.bfloat16
+    assert resolve_precision("auto", CPU, [other]) is None
