@@ -11,7 +11,8 @@ on all of them; the ratio to torch is the median of the per-repeat ratios (the f
 (Gaussian blending, overlap 0.25) per backend over a smooth random volume normalised as
 MRI or CT would be, BraTS-size (4x240x240x155) and LiTS-size (1x512x512x48); the share of
 voxels whose label (argmax of the logits) equals torch's. ``--crop`` cuts both volumes
-(a loaded 2-core machine). ``torch-bf16`` is torch under CPU autocast to bfloat16. The
+(a loaded 2-core machine). ``torch-bf16`` is torch under CPU autocast to bfloat16,
+``openvino-bf16`` OpenVINO compiled for bf16 (both need AMX or AVX-512 BF16). The
 export (once per network and size, cached) is timed separately.
 
     .venv/bin/python benchmarks/backends.py
@@ -91,7 +92,8 @@ def smooth_volume(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 
 def prepare(network: Network, layout: str, backend: str, folder: Path) -> tuple[object, float]:
-    """The prepared network for ``backend`` (``torch-bf16``: the torch one) and seconds taken."""
+    """The prepared network for ``backend`` and seconds taken (``torch-bf16``: the torch one,
+    run under autocast; ``openvino-bf16``: OpenVINO compiled for bf16)."""
     from medseg.pipelines.model_dir import open_model
     from medseg.pipelines.prediction.backends import prepare_network
 
@@ -109,8 +111,9 @@ def prepare(network: Network, layout: str, backend: str, folder: Path) -> tuple[
         )
     config, loaded = open_model(directory)
     started = time.perf_counter()
-    runtime = "torch" if backend == "torch-bf16" else backend
-    prepared = prepare_network(config, loaded, torch.device("cpu"), runtime)
+    runtime = backend.removesuffix("-bf16")
+    precision = torch.bfloat16 if backend.endswith("-bf16") else None
+    prepared = prepare_network(config, loaded, torch.device("cpu"), runtime, precision=precision)
     return prepared, time.perf_counter() - started
 
 
@@ -192,7 +195,9 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--crop", type=int, nargs=3, help="cut both volumes to X Y Z at most")
     parser.add_argument(
-        "--backends", nargs="*", default=["torch", "onnxruntime", "openvino", "torch-bf16"]
+        "--backends",
+        nargs="*",
+        default=["torch", "onnxruntime", "openvino", "torch-bf16", "openvino-bf16"],
     )
     parser.add_argument("--repeats", type=int, default=3, help="alternated forwards per backend")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (all sides)")

@@ -61,11 +61,19 @@ def monai_loop(model: Path, output: Path, inputs: list[Path], workers: int) -> N
 
     from medseg.pipelines.model_dir import load_model_dir
     from medseg.transforms.labels import paint_labels
-    from medseg.transforms.presets import is_body
+    from medseg.transforms.presets import ZScoreBodyd, is_above_background, is_body
 
     config, network = load_model_dir(model)
     pre, window, scheme = config.preprocessing, config.inference, config.scheme
-    if pre.modality == "mri":
+    if pre.modality == "mri" and pre.normalization_rule == "zscore_body":
+        # the rule medseg's planner picks for MRI with much background (a trained model's);
+        # MONAI has no transform for it, so the loop uses medseg's
+        files = [[c / f"{c.name}_{name}.nii.gz" for name in pre.channels] for c in inputs]
+        crop = mt.CropForegroundd(
+            "image", source_key="image", select_fn=is_above_background, allow_smaller=True
+        )
+        intensity = [ZScoreBodyd("image")]
+    elif pre.modality == "mri":
         files = [[c / f"{c.name}_{name}.nii.gz" for name in pre.channels] for c in inputs]
         crop = mt.CropForegroundd("image", source_key="image", allow_smaller=True)
         intensity = [mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True)]
@@ -215,6 +223,8 @@ def dataset_arguments(parser: argparse.ArgumentParser, *, cases: int) -> None:
 SIDES = ("MONAI loop", "medseg predict")
 TIME_TARGET = 0.7
 DICE_TARGET = 0.99
+FAST_TIME_TARGET = 0.4
+AGREEMENT_TARGET = 0.999
 
 
 def command(side: str, dataset: dict, output: Path, args: argparse.Namespace) -> list[str]:
@@ -227,18 +237,20 @@ def command(side: str, dataset: dict, output: Path, args: argparse.Namespace) ->
     return [MEDSEG, "-q", "predict", model, *inputs, "--output", str(output), "--overwrite"]
 
 
-def dice_between(first: Path, second: Path, inputs: list[Path]) -> float:
-    """The smallest Dice, over cases and label values, between two folders of label maps."""
+def compare_outputs(first: Path, second: Path, inputs: list[Path]) -> tuple[float, float]:
+    """Two folders of label maps compared: the smallest Dice over cases and label values,
+    and the share of voxels (0-1, over all cases) whose labels are equal."""
     import nibabel as nib
 
-    worst = 1.0
+    worst, equal, total = 1.0, 0, 0
     for name in (f"{case_id(path)}.nii.gz" for path in inputs):
         a = np.asarray(nib.load(first / name).dataobj)
         b = np.asarray(nib.load(second / name).dataobj)
         if a.shape != b.shape:
-            return 0.0
+            return 0.0, 0.0
         worst = min([worst, *label_dice(a, b).values()])
-    return worst
+        equal, total = equal + int((a == b).sum()), total + a.size
+    return worst, equal / total
 
 
 def main() -> None:
@@ -299,11 +311,12 @@ def run_benchmark(
         baseline = fastest(runs["MONAI loop"])
         reference = work / "out" / dataset["model"].name / "MONAI_loop"
         dice: dict[str, float] = {}
+        equal: dict[str, float] = {}
         for name in names:
             seconds = fastest(runs[name])
             totals[name].append(seconds)
             output = work / "out" / dataset["model"].name / name.replace(" ", "_")
-            dice[name] = dice_between(reference, output, dataset["inputs"])
+            dice[name], equal[name] = compare_outputs(reference, output, dataset["inputs"])
             rows.append(
                 [
                     dataset["name"],
@@ -314,20 +327,26 @@ def run_benchmark(
                     f"{seconds / baseline:.2f}x",
                     gib(max(r.peak_rss for r in runs[name])),
                     dice[name],
+                    f"{100 * equal[name]:.3f} %",
                 ]
             )
         verdicts += verdict_lines(
-            dataset["name"], baseline, runs["medseg predict"], dice["medseg predict"]
+            dataset["name"],
+            baseline,
+            runs["medseg predict"],
+            dice["medseg predict"],
+            equal["medseg predict"],
         )
     for name in names:
         total = sum(totals[name])
         ratio = total / sum(totals["MONAI loop"])
-        rows.append(["all", "", name, total, "", f"{ratio:.2f}x", "", ""])
+        rows.append(["all", "", name, total, "", f"{ratio:.2f}x", "", "", ""])
     print()
     columns = ["data", "cases", "side", "wall s", "s/case", "x MONAI", "peak RSS GiB"]
-    print(markdown_table([*columns, "min Dice vs MONAI"], rows))
+    print(markdown_table([*columns, "min Dice vs MONAI", "labels = MONAI"], rows))
     print("\nwall s: the whole process (start-up, reading, inference, writing), the fastest of")
-    print("the repeats; min Dice: the smallest over cases and label values.\n")
+    print("the repeats; min Dice: the smallest over cases and label values; labels = MONAI:")
+    print("the share of all voxels whose label equals the MONAI loop's.\n")
     print("\n".join(verdicts))
     print()
     settings = thread_settings(environment)
@@ -365,14 +384,18 @@ def fastest(runs: list) -> float:
     return min(run.seconds for run in runs)
 
 
-def verdict_lines(name: str, baseline: float, runs: list, dice: float) -> list[str]:
-    """PASS/MISS lines of one dataset: medseg's wall time <= 0.7x MONAI's, Dice >= 0.99."""
+def verdict_lines(name: str, baseline: float, runs: list, dice: float, equal: float) -> list[str]:
+    """PASS/MISS lines of one dataset: issue 1's targets (medseg's wall time <= 0.7x MONAI's,
+    Dice >= 0.99) and issue 24's (<= 0.4x, labels equal on >= 99.9 % of voxels)."""
     ratio = fastest(runs) / baseline
     return [
         f"{'PASS' if ratio <= TIME_TARGET else 'MISS'}: {name}: medseg predict at "
         f"{ratio:.2f}x the MONAI loop's wall time (target <= {TIME_TARGET}x)",
         f"{'PASS' if dice >= DICE_TARGET else 'MISS'}: {name}: Dice between the two outputs "
         f"{dice:.4f} (target >= {DICE_TARGET})",
+        f"{'PASS' if ratio <= FAST_TIME_TARGET and equal >= AGREEMENT_TARGET else 'MISS'}: "
+        f"{name}: issue 24: {ratio:.2f}x (target <= {FAST_TIME_TARGET}x) with labels equal on "
+        f"{100 * equal:.3f} % of voxels (target >= {100 * AGREEMENT_TARGET:g} %)",
     ]
 
 
