@@ -293,14 +293,13 @@ def truth_dice(model: Path, output: Path, inputs: list[Path]) -> str:
 
 def where_they_differ(
     name: str, side: str, model: Path, first: Path, second: Path, inputs: list[Path]
-) -> str:
+) -> list[str]:
     """Where ``first``'s (nnU-Net's) and ``second``'s label maps differ, over all cases:
     how many voxels, the share of them within ``BOUNDARY_VOXELS`` of a label boundary of
-    either map, the share outside the body (CT under -500 HU; MRI zero in every channel),
-    and, for a model with post-processing, the share of equal voxels once that
-    post-processing is applied to nnU-Net's labels too."""
+    either map, and the share outside the body (CT under -500 HU; MRI zero in every
+    channel). One line, and for a model with post-processing a second one with that
+    post-processing applied to nnU-Net's labels too (medseg applies it by default)."""
     import nibabel as nib
-    from scipy import ndimage
 
     from medseg.datasets.base import LabelScheme
     from medseg.pipelines.model_dir import read_model_config
@@ -309,46 +308,56 @@ def where_they_differ(
 
     config = read_model_config(model)
     rules, scheme = config.postprocessing, LabelScheme.from_dict(config.labels)
-    processed = any(rules.model_dump().values())
-    total = differ = outside = equal_processed = 0
-    near = dict.fromkeys(BOUNDARY_VOXELS, 0)
+    variants = ["", "nnU-Net's labels post-processed too: "]
+    variants = variants if any(rules.model_dump().values()) else variants[:1]
+    counts = {variant: np.zeros(2 + len(BOUNDARY_VOXELS), dtype=np.int64) for variant in variants}
+    total = 0
     for case in inputs:
         image_a = nib.load(first / f"{case_id(case)}.nii.gz")
         a = np.asarray(image_a.dataobj)
         b = np.asarray(nib.load(second / f"{case_id(case)}.nii.gz").dataobj)
-        mask = a != b
-        total, differ = total + a.size, differ + int(mask.sum())
-        for distance in BOUNDARY_VOXELS:
-            size = 2 * distance + 1
-            edge = np.zeros(a.shape, dtype=bool)
-            for labels in (a, b):
-                edge |= ndimage.maximum_filter(labels, size) != ndimage.minimum_filter(labels, size)
-            near[distance] += int((mask & edge).sum())
         images = [np.asarray(nib.load(f).dataobj) for f in channel_files(config, case)]
         if config.preprocessing.modality == "ct":
             body = images[0] > CT_BODY_THRESHOLD
         else:
             body = np.any([image != 0 for image in images], axis=0)
-        outside += int((mask & ~body).sum())
-        if processed:
-            voxel_ml = float(np.prod(image_a.header.get_zooms()[:3])) / 1000
-            equal_processed += int((postprocess(a, scheme, rules, voxel_ml) == b).sum())
+        total += a.size
+        for variant in variants:
+            if variant:
+                voxel_ml = float(np.prod(image_a.header.get_zooms()[:3])) / 1000
+                a = postprocess(a, scheme, rules, voxel_ml)
+            counts[variant] += differences(a, b, body)
+    lines = []
+    for variant, (differ, outside, *near) in counts.items():
 
-    def share(count: int) -> str:
-        return f"{100 * count / max(differ, 1):.1f} %"
+        def share(count: int, differ: int = differ) -> str:
+            return f"{100 * count / max(differ, 1):.1f} %"
 
-    line = (
-        f"{name}: {side}: {differ} of {total} voxels differ from nnU-Net's; of them "
-        f"{' / '.join(share(count) for count in near.values())} within "
-        f"{' / '.join(map(str, near))} voxels of a label boundary (either map), "
-        f"{share(outside)} outside the body"
-    )
-    if processed:
-        line += (
-            f"; with the model's post-processing applied to nnU-Net's labels too, equal on "
-            f"{100 * equal_processed / total:.3f} %"
+        lines.append(
+            f"{name}: {side}: {variant}{differ} of {total} voxels differ from nnU-Net's "
+            f"({100 * differ / total:.3f} %); of them "
+            f"{' / '.join(share(count) for count in near)} within "
+            f"{' / '.join(map(str, BOUNDARY_VOXELS))} voxels of a label boundary (either map), "
+            f"{share(outside)} outside the body"
         )
-    return line
+    return lines
+
+
+def differences(a: np.ndarray, b: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Counts of the voxels where label maps ``a`` and ``b`` differ: all, outside ``body``
+    (a mask of the same shape), and within each of ``BOUNDARY_VOXELS`` (the largest axis
+    offset) of a voxel of another label in ``a`` or in ``b``."""
+    from scipy import ndimage
+
+    differ = a != b
+    counts = [int(differ.sum()), int((differ & ~body).sum())]
+    for distance in BOUNDARY_VOXELS:
+        size = 2 * distance + 1
+        edge = np.zeros(a.shape, dtype=bool)
+        for labels in (a, b):
+            edge |= ndimage.maximum_filter(labels, size) != ndimage.minimum_filter(labels, size)
+        counts.append(int((differ & edge).sum()))
+    return np.array(counts, dtype=np.int64)
 
 
 def diagnose(dataset: dict) -> list[str]:
@@ -503,7 +512,7 @@ def run_benchmark(
         "Gaussian blending, no mirroring; nnU-Net: 1 window per forward (its only choice); "
         "nnU-Net workers: 1 preprocessing, 1 export\n"
     )
-    rows, verdicts, summary, differences = [], [], [], []
+    rows, verdicts, summary, located = [], [], [], []
     for dataset in datasets:
         runs: dict[str, list] = {name: [] for name in names}
         for repeat in range(args.repeats):
@@ -535,15 +544,13 @@ def run_benchmark(
                 ]
             )
             if name != NNUNET:
-                differences.append(
-                    where_they_differ(
-                        dataset["name"],
-                        name,
-                        dataset["model"],
-                        reference,
-                        folder(work, dataset, name),
-                        dataset["inputs"],
-                    )
+                located += where_they_differ(
+                    dataset["name"],
+                    name,
+                    dataset["model"],
+                    reference,
+                    folder(work, dataset, name),
+                    dataset["inputs"],
                 )
                 verdicts += verdict_lines(dataset["name"], name, median(ratios), equal)
                 summary.append(
@@ -558,8 +565,9 @@ def run_benchmark(
     print("ratios; peak RSS: the largest single process (wait4); tree peak: the process and its")
     print("workers together (sum of proportional set sizes, sampled every 0.2 s); labels: the")
     print("share of voxels with equal labels, the smallest over cases; Dice vs truth: each")
-    print("label value's Dice against the generated ground truth, mean over cases.\n")
-    print("\n".join(differences))
+    print("structure's (region's or class's) Dice against the generated ground truth, mean")
+    print("over cases.\n")
+    print("\n".join(located))
     print()
     print("\n".join(verdicts))
     print()
