@@ -8,22 +8,21 @@ CT in Hounsfield units (512 x 512 x Z). nnU-Net gets the network by
 the same target spacing (linear interpolation, as medseg's), the same intensity rule
 (MRI: ``ZScoreNormalization`` over the non-zero mask, the closest nnU-Net has to medseg's
 ``zscore_body``; CT: ``CTNormalization`` with the model's fitted window, mean and std),
-the same patch size, step ``1 - overlap``, Gaussian
-blending, no mirroring, the CPU. Images are read with ``NibabelIOWithReorient`` (RAS, as
-medseg) and transposed back to medseg's axis order, so both feed the network the same
-axes. Its region outputs are reordered outer to inner (whole tumour, core, enhancing), the
-order nnU-Net paints regions in, as medseg paints them. nnU-Net runs its standard path,
-``predict_from_files`` (reading and preprocessing in a worker process, resampling and
-writing in another), with one worker each and ``nnUNet_def_n_proc`` set to the thread
-count. Each side runs as its own process (wall time, the largest process's peak RSS, and
-the whole process tree's peak memory, sampled), pairs alternate, and the label maps are
-compared voxel by voxel, with each side's Dice against the generated ground truth and where
-the differing voxels lie (near a label boundary, outside the body). medseg runs its default
-backend (``auto``: torch for the tiny preset, OpenVINO for small; the ONNX export is made
-before the timed runs); ``--torch-row`` adds ``--backend torch``. Both sides run with the
-same thread settings, under each OMP_WAIT_POLICY by default. ``--diagnose`` first compares
-the two preprocessings and the two sliding windows in this process, on the first case of
-each dataset.
+the same patch size, step ``1 - overlap``, Gaussian blending, no mirroring, the CPU. Images
+are read with ``NibabelIOWithReorient`` (RAS, as medseg) and transposed back to medseg's
+axis order, so both feed the network the same axes. Its region outputs are reordered outer
+to inner (whole tumour, core, enhancing), the order nnU-Net paints regions in, as medseg
+paints them. nnU-Net runs its standard path, ``predict_from_files`` (reading and
+preprocessing in a worker process, resampling and writing in another), with one worker each
+and ``nnUNet_def_n_proc`` set to the thread count. Each side runs as its own process (wall
+time, the largest process's peak RSS, and the whole process tree's peak memory, sampled),
+pairs alternate, and the label maps are compared voxel by voxel, with each side's Dice
+against the generated ground truth and where the differing voxels lie (near a label
+boundary, outside the body). medseg runs its default backend (``auto``: torch for the tiny
+preset, OpenVINO for small; the ONNX export is made before the timed runs); ``--torch-row``
+adds ``--backend torch``. Both sides run with the same thread settings, under each
+OMP_WAIT_POLICY by default. ``--diagnose`` first compares the two preprocessings and the
+two sliding windows in this process, on the first case of each dataset.
 
 nnunetv2 is a benchmark extra: ``.venv/bin/pip install -c constraints.txt -e '.[bench]'``.
 
