@@ -1,21 +1,24 @@
 """Batch prediction: ``medseg predict`` against nnU-Net v2's ``nnUNetPredictor``.
 
 Both sides segment the same generated cases with the same network and weights (the model
-directory's untrained, seeded UNet++): BraTS-size MRI (4 x 240 x 240 x 155) and LiTS-size
+directory's untrained, seeded UNet++, or a trained model directory given by
+``--brats-model`` / ``--lits-model``): BraTS-size MRI (4 x 240 x 240 x 155) and LiTS-size
 CT in Hounsfield units (512 x 512 x Z). nnU-Net gets the network by
 ``manual_initialization``, with plans written from the model directory's preprocessing:
 the same target spacing (linear interpolation, as medseg's), the same intensity rule
-(MRI: ``ZScoreNormalization`` over the non-zero mask; CT: ``CTNormalization`` with the
-model's fitted window, mean and std), the same patch size, step ``1 - overlap``, Gaussian
-blending, no mirroring, the CPU. Images are read with ``NibabelIOWithReorient`` (RAS, as
-medseg) and transposed back to medseg's axis order, so both feed the network the same
-axes. Its region outputs are reordered outer to inner (whole tumour, core, enhancing), the
-order nnU-Net paints regions in, as medseg paints them. nnU-Net runs its standard path,
-``predict_from_files`` (reading and preprocessing in a worker process, resampling and
-writing in another), with one worker each and ``nnUNet_def_n_proc`` set to the thread
-count. Each side runs as its own process (wall time, the largest process's peak RSS, and
-the whole process tree's peak memory, sampled), pairs alternate, and the label maps are
-compared voxel by voxel. medseg runs its default backend (``auto``: torch for the tiny
+(MRI: ``ZScoreNormalization`` over the non-zero mask, the closest nnU-Net has to medseg's
+``zscore_body``; CT: ``CTNormalization`` with the model's fitted window, mean and std),
+the same patch size, step ``1 - overlap``, Gaussian blending, no mirroring, the CPU. Images
+are read with ``NibabelIOWithReorient`` (RAS, as medseg) and transposed back to medseg's
+axis order, so both feed the network the same axes. Its region outputs are reordered outer
+to inner (whole tumour, core, enhancing), the order nnU-Net paints regions in, as medseg
+paints them. nnU-Net runs its standard path, ``predict_from_files`` (reading and
+preprocessing in a worker process, resampling and writing in another), with one worker each
+and ``nnUNet_def_n_proc`` set to the thread count. Each side runs as its own process (wall
+time, the largest process's peak RSS, and the whole process tree's peak memory, sampled),
+pairs alternate, and the label maps are compared voxel by voxel, with each side's Dice
+against the generated ground truth and where the differing voxels lie (near a label
+boundary, outside the body). medseg runs its default backend (``auto``: torch for the tiny
 preset, OpenVINO for small; the ONNX export is made before the timed runs); ``--torch-row``
 adds ``--backend torch``. Both sides run with the same thread settings, under each
 OMP_WAIT_POLICY by default. ``--diagnose`` first compares the two preprocessings and the
@@ -26,6 +29,7 @@ nnunetv2 is a benchmark extra: ``.venv/bin/pip install -c constraints.txt -e '.[
     .venv/bin/python benchmarks/vs_nnunet.py            # 1 + 1 full-size cases, 2 pairs
     .venv/bin/python benchmarks/vs_nnunet.py --quick    # 4x128x128x96 and 256x256x32, 1 pair
     .venv/bin/python benchmarks/vs_nnunet.py --preset small --torch-row --diagnose
+    .venv/bin/python benchmarks/vs_nnunet.py --brats-model runs/brats/model --lits-cases 0
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ TORCH_SIDE = "medseg predict --backend torch"
 # nnU-Net sizes its torch thread pools by this variable (default 8), read when nnunetv2 is
 # first imported.
 NNUNET_THREADS = "nnUNet_def_n_proc"
+# Distances (voxels of the written label map, the largest axis offset) from a label boundary
+# at which differing voxels are counted.
+BOUNDARY_VOXELS = (1, 2)
 TIME_TARGET = 0.4
 AGREEMENT_TARGET = 0.999
 
@@ -89,14 +96,15 @@ def nnunet_plans(config: Any) -> tuple[dict, dict, list[int]]:
     medseg's ``paint_order``; classes keep their order.
     """
     from medseg.datasets.base import LabelScheme
-    from medseg.transforms.presets import _normalization
 
     pre, window = config.preprocessing, config.inference
     if not pre.spacing:
         raise SystemExit("the nnU-Net plans need the model's target spacing; this model has none")
-    rule = _normalization(pre)
+    rule = pre.normalization_rule
     channels = len(pre.channels)
-    if rule == "zscore_nonzero":
+    # zscore_body has no nnU-Net counterpart; on skull-stripped MRI, zero outside the brain,
+    # its body differs from the non-zero mask only in the smoothed edge's band of voxels.
+    if rule in ("zscore_nonzero", "zscore_body"):
         schemes, masked = ["ZScoreNormalization"] * channels, [True] * channels
         properties: dict[str, dict] = {str(c): {} for c in range(channels)}
     elif rule == "ct_window":
@@ -251,6 +259,106 @@ def agreement(first: Path, second: Path, inputs: list[Path]) -> float:
     return worst
 
 
+def ground_truth(case: Path) -> Path:
+    """The generated label map of one input: a BraTS case folder's ``_seg`` file, or the
+    ``segmentation-N.nii`` beside a CT ``volume-N.nii``."""
+    if case.is_dir():
+        return case / f"{case.name}_seg.nii.gz"
+    return case.with_name(case.name.replace("volume", "segmentation"))
+
+
+def truth_dice(model: Path, output: Path, inputs: list[Path]) -> str:
+    """Dice of each structure of the model directory ``model``'s labels (its regions, or
+    its classes but the background) in ``output``'s label maps against the generated
+    ground truth, mean over cases, as ``name Dice`` pairs."""
+    import nibabel as nib
+
+    from medseg.datasets.base import LabelScheme
+    from medseg.pipelines.model_dir import read_model_config
+
+    scheme = LabelScheme.from_dict(read_model_config(model).labels)
+    first = 0 if scheme.mode == "regions" else 1
+    names, values = scheme.names[first:], scheme.values[first:]
+    scores: dict[str, list[float]] = {name: [] for name in names}
+    for case in inputs:
+        labels = np.asarray(nib.load(output / f"{case_id(case)}.nii.gz").dataobj)
+        truth = np.asarray(nib.load(ground_truth(case)).dataobj)
+        for name, members in zip(names, values, strict=True):
+            a, b = np.isin(labels, members), np.isin(truth, members)
+            total = int(a.sum()) + int(b.sum())
+            scores[name].append(2 * int((a & b).sum()) / total if total else 1.0)
+    return ", ".join(f"{name} {np.mean(dice):.3f}" for name, dice in scores.items())
+
+
+def where_they_differ(
+    name: str, side: str, model: Path, first: Path, second: Path, inputs: list[Path]
+) -> list[str]:
+    """Where ``first``'s (nnU-Net's) and ``second``'s label maps differ, over all cases:
+    how many voxels, the share of them within ``BOUNDARY_VOXELS`` of a label boundary of
+    either map, and the share outside the body (CT under -500 HU; MRI zero in every
+    channel). One line, and for a model with post-processing a second one with that
+    post-processing applied to nnU-Net's labels too (medseg applies it by default)."""
+    import nibabel as nib
+
+    from medseg.datasets.base import LabelScheme
+    from medseg.pipelines.model_dir import read_model_config
+    from medseg.pipelines.prediction.postprocess import postprocess
+    from medseg.transforms.presets import CT_BODY_THRESHOLD
+
+    config = read_model_config(model)
+    rules, scheme = config.postprocessing, LabelScheme.from_dict(config.labels)
+    variants = ["", "nnU-Net's labels post-processed too: "]
+    variants = variants if any(rules.model_dump().values()) else variants[:1]
+    counts = {variant: np.zeros(2 + len(BOUNDARY_VOXELS), dtype=np.int64) for variant in variants}
+    total = 0
+    for case in inputs:
+        image_a = nib.load(first / f"{case_id(case)}.nii.gz")
+        a = np.asarray(image_a.dataobj)
+        b = np.asarray(nib.load(second / f"{case_id(case)}.nii.gz").dataobj)
+        images = [np.asarray(nib.load(f).dataobj) for f in channel_files(config, case)]
+        if config.preprocessing.modality == "ct":
+            body = images[0] > CT_BODY_THRESHOLD
+        else:
+            body = np.any([image != 0 for image in images], axis=0)
+        total += a.size
+        for variant in variants:
+            if variant:
+                voxel_ml = float(np.prod(image_a.header.get_zooms()[:3])) / 1000
+                a = postprocess(a, scheme, rules, voxel_ml)
+            counts[variant] += differences(a, b, body)
+    lines = []
+    for variant, (differ, outside, *near) in counts.items():
+
+        def share(count: int, differ: int = differ) -> str:
+            return f"{100 * count / max(differ, 1):.1f} %"
+
+        lines.append(
+            f"{name}: {side}: {variant}{differ} of {total} voxels differ from nnU-Net's "
+            f"({100 * differ / total:.3f} %); of them "
+            f"{' / '.join(share(count) for count in near)} within "
+            f"{' / '.join(map(str, BOUNDARY_VOXELS))} voxels of a label boundary (either map), "
+            f"{share(outside)} outside the body"
+        )
+    return lines
+
+
+def differences(a: np.ndarray, b: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Counts of the voxels where label maps ``a`` and ``b`` differ: all, outside ``body``
+    (a mask of the same shape), and within each of ``BOUNDARY_VOXELS`` (the largest axis
+    offset) of a voxel of another label in ``a`` or in ``b``."""
+    from scipy import ndimage
+
+    differ = a != b
+    counts = [int(differ.sum()), int((differ & ~body).sum())]
+    for distance in BOUNDARY_VOXELS:
+        size = 2 * distance + 1
+        edge = np.zeros(a.shape, dtype=bool)
+        for labels in (a, b):
+            edge |= ndimage.maximum_filter(labels, size) != ndimage.minimum_filter(labels, size)
+        counts.append(int((differ & edge).sum()))
+    return np.array(counts, dtype=np.int64)
+
+
 def diagnose(dataset: dict) -> list[str]:
     """Where the two pipelines part, on ``dataset``'s first case, in this process: the
     preprocessed arrays (shape, largest difference), then both sliding windows on
@@ -342,6 +450,12 @@ def main() -> None:
     thread_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="4x128x128x96, 256x256x32, 1 pair")
     parser.add_argument("--work", type=Path, help="keep data and outputs here (default: temp)")
+    for layout in ("brats", "lits"):
+        parser.add_argument(
+            f"--{layout}-model",
+            type=Path,
+            help=f"a trained model directory for the {layout} cases (default: untrained)",
+        )
     parser.add_argument("--baseline", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if importlib.util.find_spec("nnunetv2") is None:
@@ -360,6 +474,11 @@ def main() -> None:
     try:
         datasets = prepare(work, args, **shapes)
         for dataset in datasets:
+            # prepare names its untrained model directories model-brats and model-lits
+            dataset["layout"] = dataset["model"].name.removeprefix("model-")
+            trained = getattr(args, f"{dataset['layout']}_model")
+            dataset["model"] = trained.resolve() if trained else dataset["model"]
+            dataset["trained"] = trained is not None
             dataset["backend"] = warm_export_cache(dataset["model"], work / "cache")
         if args.diagnose:
             os.environ[NNUNET_THREADS] = str(args.threads)
@@ -386,13 +505,13 @@ def run_benchmark(
     alternating), print the table and a PASS/MISS line per target; return one summary
     line per dataset."""
     names = [NNUNET, MEDSEG_SIDE, *([TORCH_SIDE] if args.torch_row else [])]
+    for dataset in datasets:
+        print(f"{dataset['name']}: {model_line(dataset)}")
     print(
-        f"network: UNet++ {args.preset} (untrained, seeded), roi {args.roi}^3, overlap "
-        f"{args.overlap} (nnU-Net step {1 - args.overlap:g}), Gaussian blending, no mirroring; "
-        f"medseg: {args.sw_batch_size} windows per forward, nnU-Net: 1 (its only choice); "
-        f"nnU-Net workers: 1 preprocessing, 1 export\n"
+        "Gaussian blending, no mirroring; nnU-Net: 1 window per forward (its only choice); "
+        "nnU-Net workers: 1 preprocessing, 1 export\n"
     )
-    rows, verdicts, summary = [], [], []
+    rows, verdicts, summary, located = [], [], [], []
     for dataset in datasets:
         runs: dict[str, list] = {name: [] for name in names}
         for repeat in range(args.repeats):
@@ -420,9 +539,18 @@ def run_benchmark(
                     gib(max(r.peak_rss for r in runs[name])),
                     gib(max(r.tree_peak for r in runs[name])),
                     f"{100 * equal:.3f} %",
+                    truth_dice(dataset["model"], folder(work, dataset, name), dataset["inputs"]),
                 ]
             )
             if name != NNUNET:
+                located += where_they_differ(
+                    dataset["name"],
+                    name,
+                    dataset["model"],
+                    reference,
+                    folder(work, dataset, name),
+                    dataset["inputs"],
+                )
                 verdicts += verdict_lines(dataset["name"], name, median(ratios), equal)
                 summary.append(
                     f"{thread_settings(environment)}: {dataset['name']}: {name} at "
@@ -430,12 +558,16 @@ def run_benchmark(
                 )
     print()
     columns = ["data", "cases", "side", "backend", "wall s", "x nnU-Net", "peak RSS GiB"]
-    print(markdown_table([*columns, "tree peak GiB", "labels = nnU-Net"], rows))
+    print(markdown_table([*columns, "tree peak GiB", "labels = nnU-Net", "Dice vs truth"], rows))
     print("\nwall s: the whole process (start-up, reading, preprocessing, sliding window, back to")
     print("the input grid, writing), median of the repeats; x nnU-Net: median of the per-pair")
     print("ratios; peak RSS: the largest single process (wait4); tree peak: the process and its")
     print("workers together (sum of proportional set sizes, sampled every 0.2 s); labels: the")
-    print("share of voxels with equal labels, the smallest over cases.\n")
+    print("share of voxels with equal labels, the smallest over cases; Dice vs truth: each")
+    print("structure's (region's or class's) Dice against the generated ground truth, mean")
+    print("over cases.\n")
+    print("\n".join(located))
+    print()
     print("\n".join(verdicts))
     print()
     return summary
@@ -444,7 +576,41 @@ def run_benchmark(
 def folder(work: Path, dataset: dict, side: str) -> Path:
     """The output folder of one side on one dataset."""
     name = side.replace(" ", "_").replace("-", "")
-    return work / "out" / dataset["model"].name / name
+    return work / "out" / dataset["layout"] / name
+
+
+def model_line(dataset: dict) -> str:
+    """What a dataset's model directory holds: trained (its path and validation Dice) or
+    untrained, network, window, spacing, intensity rule and post-processing."""
+    from medseg.pipelines.model_dir import read_model_config
+
+    config = read_model_config(dataset["model"])
+    pre, window, network = config.preprocessing, config.inference, config.network
+    features = "/".join(map(str, network.options.get("features", [])))
+    validation = ", ".join(
+        f"{key.removeprefix('val/dice/')} {value}"
+        for key, value in config.provenance.get("validation", {}).items()
+        if key.startswith("val/dice/")
+    )
+    rules = {k: v for k, v in config.postprocessing.model_dump().items() if v}
+    # nnunet_plans maps zscore_body to nnU-Net's z-score over the non-zero mask
+    nnunet_rule = (
+        " (nnU-Net: z-score over the non-zero mask)"
+        if pre.normalization_rule == "zscore_body"
+        else ""
+    )
+    trained = (
+        f"trained, {dataset['model']} (validation Dice {validation})"
+        if dataset["trained"]
+        else "untrained, seeded"
+    )
+    return (
+        f"{trained}; {network.name} {network.preset} (features {features or 'preset'}), roi "
+        f"{'x'.join(map(str, window.roi_size))}, overlap {window.overlap} (nnU-Net step "
+        f"{1 - window.overlap:g}), medseg {window.sw_batch_size} windows per forward, spacing "
+        f"{'x'.join(f'{s:g}' for s in pre.spacing)} mm, {pre.normalization_rule} "
+        f"normalisation{nnunet_rule}, post-processing {rules or 'none'} (medseg only)"
+    )
 
 
 def verdict_lines(name: str, side: str, ratio: float, equal: float) -> list[str]:
