@@ -159,7 +159,9 @@ def prepare(
     ct_side: int = 512,
 ) -> list[dict]:
     """Generate the cases (BraTS of ``brats_shape``, CT of ``ct_side`` x ``ct_side`` x
-    ``args.slices``) and a model directory per dataset; return one entry per dataset."""
+    ``args.slices``) and a model directory per dataset (``args.brats_model`` or
+    ``args.lits_model`` where given); return one entry per dataset: ``name``, ``layout``,
+    ``model``, ``inputs``."""
     from medseg.datasets.synthetic import synthesize
 
     datasets = []
@@ -177,7 +179,7 @@ def prepare(
         )
         inputs = sorted(p for p in root.iterdir() if p.is_dir())
         name = "BraTS 4x" + "x".join(map(str, brats_shape))
-        datasets.append({"name": name, "model": model, "inputs": inputs})
+        datasets.append({"name": name, "layout": "brats", "model": model, "inputs": inputs})
     if args.lits_cases:
         root = work / "lits"
         shape = (ct_side, ct_side, args.slices)
@@ -193,9 +195,8 @@ def prepare(
             intensity=ct_intensity(root),
         )
         inputs = sorted(root.glob("volume-*.nii"))
-        datasets.append(
-            {"name": f"LiTS {ct_side}x{ct_side}x{args.slices} CT", "model": model, "inputs": inputs}
-        )
+        name = f"LiTS {ct_side}x{ct_side}x{args.slices} CT"
+        datasets.append({"name": name, "layout": "lits", "model": model, "inputs": inputs})
     return datasets
 
 

@@ -450,12 +450,6 @@ def main() -> None:
     thread_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="4x128x128x96, 256x256x32, 1 pair")
     parser.add_argument("--work", type=Path, help="keep data and outputs here (default: temp)")
-    for layout in ("brats", "lits"):
-        parser.add_argument(
-            f"--{layout}-model",
-            type=Path,
-            help=f"a trained model directory for the {layout} cases (default: untrained)",
-        )
     parser.add_argument("--baseline", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if importlib.util.find_spec("nnunetv2") is None:
@@ -474,8 +468,6 @@ def main() -> None:
     try:
         datasets = prepare(work, args, **shapes)
         for dataset in datasets:
-            # prepare names its untrained model directories model-brats and model-lits
-            dataset["layout"] = dataset["model"].name.removeprefix("model-")
             trained = getattr(args, f"{dataset['layout']}_model")
             dataset["model"] = trained.resolve() if trained else dataset["model"]
             dataset["trained"] = trained is not None
