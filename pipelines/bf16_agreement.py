@@ -20,7 +20,7 @@ import torch
 
 from medseg.datasets.base import Case
 from medseg.errors import MedsegError
-from medseg.pipelines.inference import resolve_device
+from medseg.pipelines.inference import bf16_runs_natively, resolve_device
 from medseg.pipelines.model_dir import ModelConfig, load_model_dir, save_model_dir
 
 if TYPE_CHECKING:
@@ -30,16 +30,6 @@ logger = logging.getLogger(__name__)
 
 # Bounds the measurement's cost: two sliding-window passes per case.
 MAX_CASES = 4
-
-
-def bf16_runs_natively(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bf16 in hardware: a CUDA GPU that supports it, or a
-    CPU with AMX or AVX-512 BF16 (elsewhere bf16 is emulated, about 200x slower)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    from medseg.pipelines.cpu import cpu_features
-
-    return cpu_features().native_bf16
 
 
 def measure_bf16_agreement(

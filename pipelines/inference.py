@@ -51,6 +51,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def bf16_runs_natively(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 in hardware: a CUDA GPU that supports it, or a
+    CPU with AMX or AVX-512 BF16 (elsewhere bf16 is emulated, about 200x slower)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    from medseg.pipelines.cpu import cpu_features
+
+    return cpu_features().native_bf16
+
+
 def resolve_precision(
     name: str, device: torch.device, configs: Sequence[ModelConfig] = (), backend: str = "auto"
 ) -> torch.dtype | None:
@@ -68,20 +78,21 @@ def resolve_precision(
     without AMX or AVX-512 BF16, are refused with a ``ConfigError``.
     """
     from medseg.pipelines.cpu import cpu_features
+    from medseg.pipelines.prediction.backends import runs_precision
 
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if bf16_runs_natively(device) else torch.float16
         agreements = [config.inference.bf16_agreement for config in configs]
         shown = (
             bool(agreements)
-            and backend != "onnxruntime"
+            and runs_precision(backend, torch.bfloat16)
             and all(
                 agreement is not None and agreement >= BF16_AGREEMENT for agreement in agreements
             )
             and all(config.network.name in CPU_BF16_FASTER for config in configs)
         )
-        if not (shown and cpu_features().native_bf16):
+        if not (shown and bf16_runs_natively(device)):
             return None
         logger.info(
             "precision auto: bf16 (native on this CPU; the model's labels under bf16 equalled "
@@ -92,7 +103,7 @@ def resolve_precision(
     if name not in PRECISIONS:
         raise ConfigError(f"precision {name!r}: use auto, fp32, fp16 or bf16")
     if PRECISIONS[name] is not None and device.type != "cuda":
-        if name == "bf16" and cpu_features().native_bf16:
+        if name == "bf16" and bf16_runs_natively(device):
             return torch.bfloat16
         if name == "bf16":
             raise ConfigError(

@@ -159,7 +159,7 @@ def prepare_network(
     that cannot run the network.
     """
     require_backend(backend, device)
-    if backend != "auto" and not _runs(backend, precision):
+    if not runs_precision(backend, precision):
         raise ConfigError(
             f"backend {backend} runs fp32; --precision applies to torch (and bf16 to openvino)"
         )
@@ -168,7 +168,7 @@ def prepare_network(
     if backend == "auto":
         on_cpu = device.type == "cpu"
         chosen = AUTO_BACKEND.get(config.network.name, "torch") if on_cpu else "torch"
-        if not _runs(chosen, precision):
+        if not runs_precision(chosen, precision):
             chosen = "torch"
         tiny = config.network.preset in AUTO_TORCH_PRESETS
         if chosen != "torch" and tiny and not _export_path(config, network, prune_level).is_file():
@@ -195,9 +195,14 @@ def prepare_network(
         return inference_network(network, device)
 
 
-def _runs(backend: str, precision: torch.dtype | None) -> bool:
-    """Whether ``backend`` runs windows at autocast ``precision`` (None: fp32)."""
-    return precision is None or backend == "torch" or precision in _PRECISIONS.get(backend, ())
+def runs_precision(backend: str, precision: torch.dtype | None) -> bool:
+    """Whether ``backend`` (``auto`` for whichever it picks) runs windows at ``precision``
+    (None: fp32): torch and ``auto`` run any, the runtimes what ``_PRECISIONS`` lists."""
+    return (
+        precision is None
+        or backend in ("torch", "auto")
+        or precision in _PRECISIONS.get(backend, ())
+    )
 
 
 def _export_path(config: ModelConfig, network: nn.Module, prune_level: int | None) -> Path:
