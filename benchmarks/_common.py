@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,22 @@ def thread_environment(threads: int, wait_policy: str) -> dict[str, str]:
     (torch's intra-op threads follow OMP_NUM_THREADS; ONNX Runtime and OpenVINO take
     medseg's ``torch.get_num_threads()``) and the same OMP_WAIT_POLICY."""
     return os.environ | {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": wait_policy}
+
+
+def each_wait_policy(
+    args: argparse.Namespace,
+    run: Callable[[dict[str, str]], Any],
+    extra: dict[str, str] | None = None,
+) -> list[Any]:
+    """Call ``run(environment)`` once per OMP_WAIT_POLICY ``--wait-policy`` asks for, in
+    ``thread_environment`` of ``--threads`` plus ``extra``, each after printing its thread
+    settings; return what the calls returned, in order."""
+    results = []
+    for policy in wait_policies(args.wait_policy):
+        environment = thread_environment(args.threads, policy) | (extra or {})
+        print(f"### thread settings, every side: {thread_settings(environment)}\n")
+        results.append(run(environment))
+    return results
 
 
 def thread_settings(environment: dict[str, str]) -> str:

@@ -35,6 +35,7 @@ from _common import (
     MEDSEG,
     PYTHON,
     ct_intensity,
+    each_wait_policy,
     gib,
     header,
     label_dice,
@@ -43,9 +44,7 @@ from _common import (
     model_dir,
     require_success,
     thread_arguments,
-    thread_environment,
     thread_settings,
-    wait_policies,
     warm_export_cache,
     window_arguments,
 )
@@ -277,12 +276,10 @@ def main() -> None:
         datasets = prepare(work, args)
         for dataset in datasets:
             warm_export_cache(dataset["model"], work / "cache")
-        summary = []
-        for policy in wait_policies(args.wait_policy):
-            environment = thread_environment(args.threads, policy)
-            print(f"### thread settings, both sides: {thread_settings(environment)}\n")
-            summary += run_benchmark(work, args, datasets, environment)
-        print("\n".join(["", *summary]))
+        summaries = each_wait_policy(
+            args, lambda environment: run_benchmark(work, args, datasets, environment)
+        )
+        print("\n".join(["", *(line for summary in summaries for line in summary)]))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -42,6 +42,7 @@ from typing import Any
 from _common import (
     PYTHON,
     REPOSITORY,
+    each_wait_policy,
     gib,
     header,
     markdown_table,
@@ -49,9 +50,6 @@ from _common import (
     median,
     require_success,
     thread_arguments,
-    thread_environment,
-    thread_settings,
-    wait_policies,
 )
 
 SIDES = ("MONAI loop", "MONAI loop, channels_last_3d", "medseg train")
@@ -281,10 +279,7 @@ def main() -> None:
     header("Training throughput: medseg train against a plain MONAI loop", args.threads)
     work = Path(tempfile.mkdtemp(prefix="medseg-train-bench-"))
     try:
-        for policy in wait_policies(args.wait_policy):
-            environment = thread_environment(args.threads, policy)
-            print(f"### thread settings, both sides: {thread_settings(environment)}\n")
-            run_benchmark(work, args, environment)
+        each_wait_policy(args, lambda environment: run_benchmark(work, args, environment))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

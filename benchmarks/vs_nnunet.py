@@ -49,6 +49,7 @@ import numpy as np
 from _common import (
     MEDSEG,
     PYTHON,
+    each_wait_policy,
     gib,
     header,
     markdown_table,
@@ -56,9 +57,7 @@ from _common import (
     median,
     require_success,
     thread_arguments,
-    thread_environment,
     thread_settings,
-    wait_policies,
     warm_export_cache,
 )
 from predict_vs_monai import case_id, dataset_arguments, prepare
@@ -478,13 +477,12 @@ def main() -> None:
             for dataset in datasets:
                 print("\n".join(diagnose(dataset)), flush=True)
             print()
-        summary = []
-        for policy in wait_policies(args.wait_policy):
-            environment = thread_environment(args.threads, policy)
-            environment[NNUNET_THREADS] = str(args.threads)
-            print(f"### thread settings, all sides: {thread_settings(environment)}\n")
-            summary += run_benchmark(work, args, datasets, environment)
-        print("\n".join(["", *summary]))
+        summaries = each_wait_policy(
+            args,
+            lambda environment: run_benchmark(work, args, datasets, environment),
+            extra={NNUNET_THREADS: str(args.threads)},
+        )
+        print("\n".join(["", *(line for summary in summaries for line in summary)]))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
